@@ -1,0 +1,231 @@
+"""The `netdp` command line: run the daemon, inspect the node, check a config.
+
+Every `run` flag also reads an environment variable (`NETDP_<FLAG>`), which
+is how the DaemonSet sets them. Configuration problems are reported before
+anything on the node is touched, with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from deviceplugin import __version__
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_RUNTIME = 1
+
+
+def _env_default(flag: str, default: str | None) -> str | None:
+    return os.environ.get("NETDP_" + flag.upper().replace("-", "_"), default)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
+    from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
+
+    def flag(name: str, default: str | None, help_text: str) -> None:
+        env = "NETDP_" + name.upper().replace("-", "_")
+        p.add_argument(
+            f"--{name}", default=_env_default(name, default), help=f"{help_text} (env {env})"
+        )
+
+    flag("config", None, "pool config file, JSON or YAML; default: the built-in kernel.org/virt")
+    flag("device-plugin-path", str(DEVICE_PLUGIN_DIR), "kubelet device-plugin directory")
+    flag("sysfs-root", "/sys", "where sysfs is mounted")
+    flag("devinfo-dir", str(DEFAULT_DEVINFO_DIR), "device-info spec directory ('' disables)")
+    flag("log-level", "info", "debug, info, warning or error")
+    flag("log-format", None, "json or console; default: json unless stderr is a terminal")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netdp", description="Kubernetes device plugin for PCI network devices."
+    )
+    parser.add_argument("--version", action="version", version=f"netdp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the device plugin daemon")
+    _add_run_flags(run)
+
+    lst = sub.add_parser("list", help="show every network device, its pool or why it is excluded")
+    lst.add_argument("--config", default=_env_default("config", None))
+    lst.add_argument("--sysfs-root", default=_env_default("sysfs-root", "/sys"))
+    lst.add_argument("--json", action="store_true", help="machine-readable output")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file and show its pools")
+    check.add_argument("file", type=Path)
+
+    demo = sub.add_parser(
+        "demo", help="run the daemon on a fake virtio lab against a built-in kubelet stand-in"
+    )
+    demo.add_argument("--log-level", default="warning")
+    return parser
+
+
+def _load_config(path: str | None):  # -> Config, imported lazily
+    from deviceplugin.config import default_config, load_config
+
+    return default_config() if not path else load_config(Path(path))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from deviceplugin import logs
+    from deviceplugin.config import ConfigError
+    from deviceplugin.daemon import Daemon, Settings
+
+    try:
+        logs.configure(args.log_level, args.log_format)
+    except ValueError as exc:
+        print(f"netdp: --log-level: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.log_format not in (None, "json", "console"):
+        print(
+            f"netdp: --log-format: expected json or console, got {args.log_format!r}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"netdp: warning: {warning}", file=sys.stderr)
+    settings = Settings(
+        device_plugin_path=Path(args.device_plugin_path),
+        sysfs_root=Path(args.sysfs_root),
+        devinfo_dir=Path(args.devinfo_dir) if args.devinfo_dir else None,
+    )
+    return asyncio.run(_serve(Daemon(config, settings)))
+
+
+async def _serve(daemon) -> int:  # Daemon; annotated loosely to keep imports lazy
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await daemon.run(stop)
+    return EXIT_OK
+
+
+def _rows(snapshot) -> list[dict[str, object]]:
+    rows = []
+    placed = {d.pci_address: r for r, devs in snapshot.assignment.pools.items() for d in devs}
+    for address, dev in sorted(snapshot.node.devices.items()):
+        rows.append(
+            {
+                "pci": address,
+                "netdev": dev.netdev,
+                "netdev_state": dev.netdev_state.value,
+                "driver": dev.driver,
+                "vendor": dev.vendor,
+                "device": dev.device,
+                "numa_node": dev.numa_node,
+                "pf": dev.pf_address,
+                "vf_index": dev.vf_index,
+                "vfio": dev.vfio_device,
+                "pool": placed.get(address),
+                "excluded": snapshot.assignment.excluded.get(address),
+                "warnings": list(dev.warnings),
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, object]]) -> str:
+    """A fixed-width table for people; `--json` is the stable interface."""
+    headers = ["PCI", "NETDEV", "DRIVER", "ID", "NUMA", "PF", "POOL / EXCLUDED"]
+    lines = []
+    for r in rows:
+        netdev = r["netdev"] or ("(in another netns)" if r["netdev_state"] == "elsewhere" else "-")
+        where = r["pool"] or f"excluded: {r['excluded']}"
+        lines.append(
+            [
+                str(r["pci"]),
+                str(netdev),
+                str(r["driver"] or "-"),
+                f"{r['vendor']}:{r['device']}",
+                "-" if r["numa_node"] is None else str(r["numa_node"]),
+                str(r["pf"] or "-"),
+                str(where),
+            ]
+        )
+    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(fmt.format(*row) for row in [headers, *lines])
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from deviceplugin.config import ConfigError
+    from deviceplugin.daemon import take_snapshot
+
+    try:
+        config = _load_config(args.config)
+    except ConfigError as exc:
+        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    snapshot = take_snapshot(config, Path(args.sysfs_root))
+    rows = _rows(snapshot)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "default_route_interfaces": sorted(snapshot.default_route_ifaces),
+                    "devices": rows,
+                },
+                indent=2,
+            )
+        )
+    elif rows:
+        print(format_table(rows))
+    else:
+        print(f"no PCI network devices found under {args.sysfs_root}")
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from deviceplugin.allocation import env_var_name
+    from deviceplugin.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.file}: OK, {len(config.pools)} pool(s)")
+    for pool in config.pools:
+        print(f"  {pool.resource_name}  (env {env_var_name(pool.resource_name)})")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deviceplugin.demo import run_demo
+
+    return run_demo(log_level=args.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "list":
+        return cmd_list(args)
+    if args.command == "config":
+        return cmd_config_check(args)
+    return cmd_demo(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

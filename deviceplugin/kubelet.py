@@ -1,0 +1,167 @@
+"""Staying registered with the kubelet, whatever the kubelet does.
+
+The kubelet's device manager deletes every socket in the device-plugin
+directory when it starts, then creates `kubelet.sock`. So the registrar
+watches that directory with inotify and, on any change, reconciles: a pool
+whose socket vanished gets a new one; a pool not registered with the current
+`kubelet.sock` (identified by inode) registers. The same loop covers "kubelet
+not up yet", "kubelet restarted" and "registration refused" (retried with
+exponential backoff), so there is one code path to trust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grpc
+import structlog
+from asyncinotify import Inotify, Mask
+
+from deviceplugin.api.constants import KUBELET_SOCKET_NAME as KUBELET_SOCKET
+from deviceplugin.api.constants import VERSION as API_VERSION
+from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.server import PoolServer
+
+log = structlog.get_logger(__name__)
+
+REGISTER_TIMEOUT_S = 5.0
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+# A safety net only: inotify is what makes us notice within milliseconds.
+SAFETY_RECHECK_S = 10.0
+
+RegistrationObserver = Callable[[str, bool], None]  # resource, accepted
+
+
+def kubelet_identity(plugin_dir: Path) -> tuple[int, int] | None:
+    """Which kubelet instance is listening: a restart makes a new socket inode."""
+    try:
+        st = os.stat(plugin_dir / KUBELET_SOCKET)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+async def register(plugin_dir: Path, server: PoolServer) -> None:
+    """One Register call; raises grpc.aio.AioRpcError with the kubelet's reason on refusal."""
+    request = api_pb2.RegisterRequest(
+        version=API_VERSION,
+        endpoint=server.socket_path.name,
+        resource_name=server.resource_name,
+        options=api_pb2.DevicePluginOptions(
+            pre_start_required=False, get_preferred_allocation_available=True
+        ),
+    )
+    async with grpc.aio.insecure_channel(f"unix://{plugin_dir / KUBELET_SOCKET}") as channel:
+        await api_pb2_grpc.RegistrationStub(channel).Register(
+            request, timeout=REGISTER_TIMEOUT_S, wait_for_ready=False
+        )
+
+
+class Registrar:
+    """Keeps every pool server serving and registered with the current kubelet."""
+
+    def __init__(
+        self,
+        plugin_dir: Path,
+        servers: Callable[[], Iterable[PoolServer]],
+        *,
+        on_registration: RegistrationObserver | None = None,
+        on_kubelet_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.plugin_dir = plugin_dir
+        self._servers = servers
+        self._wake = asyncio.Event()
+        self._on_registration = on_registration
+        self._on_kubelet_restart = on_kubelet_restart
+        self._backoff: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        self._last_kubelet: tuple[int, int] | None = None
+
+    def poke(self) -> None:
+        """Ask for a reconcile soon (pools added, a socket restarted)."""
+        self._wake.set()
+
+    def all_registered(self) -> bool:
+        current = kubelet_identity(self.plugin_dir)
+        return current is not None and all(s.registered_with == current for s in self._servers())
+
+    async def run(self) -> None:
+        """Reconcile on every directory event until cancelled."""
+        self.plugin_dir.mkdir(parents=True, exist_ok=True)
+        with Inotify() as inotify:
+            inotify.add_watch(
+                self.plugin_dir,
+                Mask.CREATE | Mask.DELETE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.ATTRIB,
+            )
+            watcher = asyncio.create_task(self._pump(inotify))
+            try:
+                while True:
+                    delay = await self.reconcile()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                    self._wake.clear()
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+
+    async def _pump(self, inotify: Inotify) -> None:
+        async for event in inotify:
+            log.debug("plugin_dir_event", name=str(event.name), mask=str(event.mask))
+            self._wake.set()
+
+    async def reconcile(self) -> float:
+        """Bring every server to 'serving and registered'; return seconds until the next check."""
+        loop = asyncio.get_running_loop()
+        current = kubelet_identity(self.plugin_dir)
+        if current != self._last_kubelet:
+            if current is None:
+                log.warning("kubelet_socket_gone", path=str(self.plugin_dir / KUBELET_SOCKET))
+            else:
+                log.info("kubelet_socket_found", path=str(self.plugin_dir / KUBELET_SOCKET))
+                if self._last_kubelet is not None and self._on_kubelet_restart:
+                    self._on_kubelet_restart()
+            self._last_kubelet = current
+        next_check = SAFETY_RECHECK_S
+        for server in list(self._servers()):
+            if not server.socket_alive():
+                server.log.warning("plugin_socket_removed_restarting")
+                await server.restart()
+            if current is None or server.registered_with == current:
+                continue
+            now = loop.time()
+            retry_at = self._retry_at.get(server.resource_name, 0.0)
+            if now < retry_at:
+                next_check = min(next_check, retry_at - now)
+                continue
+            try:
+                await register(self.plugin_dir, server)
+            except grpc.aio.AioRpcError as exc:
+                backoff = min(
+                    self._backoff.get(server.resource_name, BACKOFF_INITIAL_S / 2) * 2,
+                    BACKOFF_MAX_S,
+                )
+                self._backoff[server.resource_name] = backoff
+                self._retry_at[server.resource_name] = now + backoff
+                next_check = min(next_check, backoff)
+                server.log.warning(
+                    "registration_failed",
+                    code=exc.code().name,
+                    reason=exc.details(),
+                    retry_in_s=round(backoff, 2),
+                )
+                if self._on_registration:
+                    self._on_registration(server.resource_name, False)
+                continue
+            server.registered_with = current
+            self._backoff.pop(server.resource_name, None)
+            self._retry_at.pop(server.resource_name, None)
+            server.log.info("registered", endpoint=server.socket_path.name, version=API_VERSION)
+            if self._on_registration:
+                self._on_registration(server.resource_name, True)
+        return next_check

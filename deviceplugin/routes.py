@@ -1,0 +1,64 @@
+"""Which interfaces carry the node's default routes.
+
+Handing the default-route NIC to a pod cuts the node off its cluster, so both
+the pool selection and the CNI executor refuse it. The answer comes from
+netlink in the caller's network namespace (the daemon runs with hostNetwork),
+for IPv4 and IPv6, including multipath routes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_RT_TABLE_LOCAL = 255
+_RTN_UNICAST = 1
+
+
+def default_route_ifindexes(routes: Iterable[Mapping[str, Any]]) -> frozenset[int]:
+    """Output interfaces of default routes, from route records in a plain form.
+
+    Each record has `dst_len`, `table`, `type`, `oif` (int or None) and
+    `multipath_oifs` (ints). Kept pure so the rules are tested without netlink.
+    """
+    found: set[int] = set()
+    for route in routes:
+        if route.get("dst_len") != 0 or route.get("table") == _RT_TABLE_LOCAL:
+            continue
+        if route.get("type", _RTN_UNICAST) != _RTN_UNICAST:
+            continue
+        if route.get("oif"):
+            found.add(int(route["oif"]))
+        found.update(int(i) for i in route.get("multipath_oifs", ()) if i)
+    return frozenset(found)
+
+
+def _plain_routes(ipr: Any) -> list[dict[str, Any]]:
+    plain = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.route("dump", family=family):
+            multipath = msg.get_attr("RTA_MULTIPATH") or []
+            plain.append(
+                {
+                    "dst_len": msg["dst_len"],
+                    "table": msg.get_attr("RTA_TABLE") or msg["table"],
+                    "type": msg["type"],
+                    "oif": msg.get_attr("RTA_OIF"),
+                    "multipath_oifs": [hop["oif"] for hop in multipath],
+                }
+            )
+    return plain
+
+
+def default_route_interfaces() -> frozenset[str]:
+    """Names of the interfaces that carry a default route in this namespace."""
+    from pyroute2 import IPRoute  # imported late: ~190 ms, and the CNI shim must not pay it
+
+    with IPRoute() as ipr:
+        indexes = default_route_ifindexes(_plain_routes(ipr))
+        names = set()
+        for link in ipr.get_links():
+            if link["index"] in indexes:
+                names.add(link.get_attr("IFLA_IFNAME"))
+    return frozenset(names)

@@ -1,0 +1,271 @@
+"""The kubelet-facing gRPC DevicePlugin server of one resource pool.
+
+One server (and one unix socket) per pool, as the kubelet expects one
+endpoint per extended resource. The servicer holds the pool's current
+devices; the daemon pushes new state with `update`, and every open
+ListAndWatch stream sends a fresh snapshot when, and only when, it changed.
+The decisions themselves (env keys, preferred ids) live in `allocation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+import structlog
+
+from deviceplugin import allocation, devinfo
+from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.model import Device, Health
+from deviceplugin.pools import PoolSpec
+
+log = structlog.get_logger(__name__)
+
+# Observer hooks let metrics count without this module knowing about Prometheus.
+AllocateObserver = Callable[[str, float, int, bool], None]  # resource, seconds, devices, ok
+PreferredObserver = Callable[[str, float], None]
+
+
+MAX_SOCKET_STEM = 48
+
+
+def socket_name(resource_name: str) -> str:
+    """A stable socket file name for a resource: `netdp-<resource, odd chars as _>.sock`.
+
+    A unix socket path is limited to 107 bytes and a resource name may be 300,
+    so long names are cut and made unique with a short hash.
+    """
+    stem = re.sub(r"[^A-Za-z0-9.-]", "_", resource_name)
+    if len(stem) > MAX_SOCKET_STEM:
+        digest = hashlib.sha256(resource_name.encode()).hexdigest()[:10]
+        stem = f"{stem[: MAX_SOCKET_STEM - 11]}-{digest}"
+    return f"netdp-{stem}.sock"
+
+
+def snapshot_message(
+    devices: Sequence[Device], health: Mapping[str, Health], *, exclude_topology: bool = False
+) -> api_pb2.ListAndWatchResponse:
+    """The ListAndWatch message for a pool's devices.
+
+    NUMA affinity only when known and not switched off by the pool's
+    `excludeTopology` (which lets the topology manager place pods across nodes).
+    """
+    out = []
+    for dev in devices:
+        msg = api_pb2.Device(
+            ID=dev.pci_address, health=health.get(dev.pci_address, Health.HEALTHY).value
+        )
+        if dev.numa_node is not None and not exclude_topology:
+            msg.topology.nodes.add(ID=dev.numa_node)
+        out.append(msg)
+    return api_pb2.ListAndWatchResponse(devices=out)
+
+
+class PoolServer(api_pb2_grpc.DevicePluginServicer):
+    """Serves one pool on `<plugin_dir>/<socket_name>` and knows if that socket still exists."""
+
+    def __init__(
+        self,
+        pool: PoolSpec,
+        plugin_dir: Path,
+        devinfo_dir: Path | None,
+        *,
+        on_allocate: AllocateObserver | None = None,
+        on_preferred: PreferredObserver | None = None,
+    ) -> None:
+        self.pool = pool
+        self.resource_name = pool.resource_name
+        self.socket_path = plugin_dir / socket_name(pool.resource_name)
+        self._devinfo_dir = devinfo_dir
+        self._devinfo_files: set[Path] = set()
+        self._devices: dict[str, Device] = {}
+        self._health: dict[str, Health] = {}
+        self._version = 0
+        self._changed = asyncio.Condition()
+        self._server: grpc.aio.Server | None = None
+        self._socket_inode: int | None = None
+        self._stopping = False
+        self._on_allocate = on_allocate
+        self._on_preferred = on_preferred
+        # identity of the kubelet.sock we registered with (see kubelet.kubelet_identity)
+        self.registered_with: object | None = None
+        self.log = log.bind(resource=pool.resource_name)
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return tuple(self._devices.values())
+
+    @property
+    def health(self) -> Mapping[str, Health]:
+        return dict(self._health)
+
+    async def update(self, devices: Sequence[Device], health: Mapping[str, Health]) -> bool:
+        """Replace the pool's devices; wake ListAndWatch streams only if the kubelet's view changes.
+
+        Returns whether anything the kubelet sees (ids, health, NUMA) changed.
+        Other attribute changes (a netdev renamed) are stored silently.
+        """
+        new_devices = {d.pci_address: d for d in sorted(devices, key=lambda d: d.pci_address)}
+        new_health = {i: health.get(i, Health.HEALTHY) for i in new_devices}
+        before = self._snapshot()
+        self._devices, self._health = new_devices, new_health
+        after = self._snapshot()
+        if before == after:
+            return False
+        async with self._changed:
+            self._version += 1
+            self._changed.notify_all()
+        return True
+
+    def _snapshot(self) -> api_pb2.ListAndWatchResponse:
+        return snapshot_message(
+            self.devices, self._health, exclude_topology=self.pool.exclude_topology
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Serve on a fresh socket; the kubelet dials it as soon as we register."""
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        server = grpc.aio.server()
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self, server)
+        server.add_insecure_port(f"unix://{self.socket_path}")
+        await server.start()
+        self._server = server
+        self._stopping = False
+        self._socket_inode = os.stat(self.socket_path).st_ino
+        self.registered_with = None
+        self.log.info("pool_server_started", socket=str(self.socket_path))
+
+    async def stop(self, grace: float = 0.2) -> None:
+        """Stop serving and remove our socket (only ours: the kubelet may have made a new one)."""
+        self._stopping = True
+        async with self._changed:
+            self._changed.notify_all()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+        if self.socket_alive():
+            self.socket_path.unlink(missing_ok=True)
+        self._socket_inode = None
+        self.registered_with = None
+
+    async def restart(self) -> None:
+        await self.stop(grace=0)
+        await self.start()
+
+    def socket_alive(self) -> bool:
+        """False once the kubelet (on restart) or anyone else has removed our socket."""
+        try:
+            return os.stat(self.socket_path).st_ino == self._socket_inode
+        except OSError:
+            return False
+
+    def remove_devinfo_files(self) -> None:
+        devinfo.remove_devinfo(sorted(self._devinfo_files))
+        self._devinfo_files.clear()
+
+    # ---- gRPC --------------------------------------------------------------------------
+    async def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
+        return api_pb2.DevicePluginOptions(
+            pre_start_required=False, get_preferred_allocation_available=True
+        )
+
+    async def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
+        self.log.info("list_and_watch_opened")
+        seen = [-1]  # a cell, so the wait predicate sees the latest value
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self._version != seen[0] or self._stopping)
+                if self._stopping:
+                    return
+                seen[0] = self._version
+                message = self._snapshot()
+            self.log.info(
+                "list_and_watch_sent",
+                devices=len(message.devices),
+                unhealthy=sum(d.health != Health.HEALTHY for d in message.devices),
+            )
+            yield message
+
+    async def GetPreferredAllocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PreferredAllocationResponse:
+        started = time.perf_counter()
+        responses = []
+        for req in request.container_requests:
+            ids = allocation.preferred_allocation(
+                self._devices,
+                list(req.available_deviceIDs),
+                list(req.must_include_deviceIDs),
+                req.allocation_size,
+            )
+            responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
+            self.log.info("preferred_allocation", size=req.allocation_size, preferred=ids)
+        if self._on_preferred:
+            self._on_preferred(self.resource_name, time.perf_counter() - started)
+        return api_pb2.PreferredAllocationResponse(container_responses=responses)
+
+    async def Allocate(
+        self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.AllocateResponse:
+        started = time.perf_counter()
+        count = sum(len(r.devices_ids) for r in request.container_requests)
+        responses = []
+        try:
+            for req in request.container_requests:
+                ids = list(req.devices_ids)
+                result = allocation.container_allocation(
+                    self.resource_name, self._devices, ids, self.pool.additional_info
+                )
+                responses.append(
+                    api_pb2.ContainerAllocateResponse(
+                        envs=dict(result.envs),
+                        devices=[
+                            api_pb2.DeviceSpec(
+                                container_path=n.container_path,
+                                host_path=n.host_path,
+                                permissions=n.permissions,
+                            )
+                            for n in result.device_nodes
+                        ],
+                    )
+                )
+                self._write_devinfo(ids)
+                self.log.info("allocated", devices=ids)
+        except allocation.UnknownDevicesError as exc:
+            self.log.warning("allocate_rejected", unknown=list(exc.unknown))
+            if self._on_allocate:
+                self._on_allocate(self.resource_name, time.perf_counter() - started, count, False)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if self._on_allocate:
+            self._on_allocate(self.resource_name, time.perf_counter() - started, count, True)
+        return api_pb2.AllocateResponse(container_responses=responses)
+
+    async def PreStartContainer(
+        self, request: api_pb2.PreStartContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PreStartContainerResponse:
+        return api_pb2.PreStartContainerResponse()
+
+    def _write_devinfo(self, ids: Sequence[str]) -> None:
+        """Best effort: a full disk must not fail the pod's admission, only its annotation."""
+        if self._devinfo_dir is None:
+            return
+        for i in ids:
+            try:
+                self._devinfo_files.add(
+                    devinfo.write_devinfo(self._devinfo_dir, self.resource_name, self._devices[i])
+                )
+            except OSError as exc:
+                self.log.warning("devinfo_write_failed", device=i, error=str(exc))

@@ -1,0 +1,524 @@
+"""A kubelet stand-in: the device manager's side of the Device Plugin API.
+
+Integration tests, benchmarks and `netdp demo` need something that behaves
+like the kubelet towards a device plugin without running a kubelet. This one
+serves `Registration` on a real unix socket, `<plugin_dir>/kubelet.sock`, and
+follows what the kubelet's device manager does:
+
+- `Register` checks the version and the extended resource name, then dials the
+  plugin back on `<plugin_dir>/<endpoint>`, asks `GetDevicePluginOptions` and
+  only then answers; a refusal is a gRPC error with code UNKNOWN and the
+  kubelet's wording (the kubelet returns plain Go errors, which gRPC turns into
+  UNKNOWN). Two deliberate additions make mistakes visible at once instead of
+  after the kubelet's 10 s dial timeout: the endpoint must be a bare file name
+  and a socket must exist there.
+- After a successful registration it keeps a `ListAndWatch` stream open and
+  records every snapshot with a monotonic timestamp.
+- A new registration of the same resource replaces the previous connection,
+  and a connection whose ListAndWatch stream ends is dropped, so
+  `connections` holds only plugins the kubelet would still be using.
+- `start()` deletes every socket in the plugin directory before listening, as
+  the kubelet's startup does; `restart()` is stop + start, i.e. what a plugin
+  sees when the kubelet restarts.
+
+Everything is synchronous (a thread-pool gRPC server, one thread per
+ListAndWatch stream), so plain pytest code can drive it; waiting is done on
+condition variables, never by polling.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import structlog
+
+from deviceplugin.api.constants import HEALTHY, KUBELET_SOCKET_NAME, SUPPORTED_VERSIONS
+from deviceplugin.api.names import extended_resource_name_problems
+from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+# Each plugin connection gets its own subchannel, as each kubelet client conn
+# does: a plugin restarting its socket must not inherit a broken shared one.
+_CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
+
+Rejecter = Callable[[api_pb2.RegisterRequest], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One device as the kubelet saw it in a ListAndWatch message."""
+
+    health: str
+    numa_nodes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One ListAndWatch message: the plugin's complete device list at `at` (time.monotonic())."""
+
+    at: float
+    devices: Mapping[str, DeviceView]
+
+    @property
+    def healthy(self) -> frozenset[str]:
+        """IDs the kubelet would count as allocatable capacity."""
+        return frozenset(i for i, d in self.devices.items() if d.health == HEALTHY)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationAttempt:
+    """One Register call, accepted (`error is None`) or refused with the kubelet's reason."""
+
+    at: float
+    version: str
+    endpoint: str
+    resource_name: str
+    options: api_pb2.DevicePluginOptions | None
+    error: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
+
+
+def snapshot_from_response(response: api_pb2.ListAndWatchResponse, at: float) -> Snapshot:
+    """Reduce a ListAndWatch message to what the kubelet keeps: health and NUMA nodes per ID."""
+    devices = {
+        d.ID: DeviceView(
+            health=d.health,
+            numa_nodes=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else (),
+        )
+        for d in response.devices
+    }
+    return Snapshot(at=at, devices=devices)
+
+
+def register_problem(request: api_pb2.RegisterRequest, plugin_dir: Path) -> str | None:
+    """The kubelet's reason to refuse `request` before dialing the plugin; None when it is fine."""
+    if request.version not in SUPPORTED_VERSIONS:
+        supported = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+        return (
+            f'requested API version "{request.version}" is not supported by kubelet. '
+            f"Supported version is [{supported}]"
+        )
+    if extended_resource_name_problems(request.resource_name):
+        return f'the ResourceName "{request.resource_name}" is invalid'
+    endpoint = request.endpoint
+    if not endpoint or "/" in endpoint or endpoint in (".", ".."):
+        return f'endpoint "{endpoint}" must be a socket file name in {plugin_dir}'
+    try:
+        mode = (plugin_dir / endpoint).lstat().st_mode
+    except OSError as err:
+        return f"failed to dial device plugin: {plugin_dir / endpoint}: {err.strerror}"
+    if not stat.S_ISSOCK(mode):
+        return f"failed to dial device plugin: {plugin_dir / endpoint} is not a socket"
+    return None
+
+
+class PluginConnection:
+    """The stand-in's client connection to one registered plugin.
+
+    Holds the plugin's options, the recorded ListAndWatch snapshots and a
+    stub for driving the plugin the way the kubelet would. `dropped` turns
+    true once its stream ended and the stand-in let go of it.
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        endpoint: str,
+        socket_path: Path,
+        channel: grpc.Channel,
+        options: api_pb2.DevicePluginOptions,
+        on_stream_end: Callable[[PluginConnection], None] | None = None,
+    ) -> None:
+        self.resource = resource
+        self.endpoint = endpoint
+        self.socket_path = socket_path
+        self.options = options
+        self.registered_at = time.monotonic()
+        self.stub = api_pb2_grpc.DevicePluginStub(channel)
+        self._channel = channel
+        self._cond = threading.Condition()
+        self._snapshots: list[Snapshot] = []
+        self._stream_end: grpc.StatusCode | None = None
+        self._on_stream_end = on_stream_end
+        # Set under the stand-in's lock once the stand-in has let go of this connection.
+        self.dropped = False
+        self._stream = self.stub.ListAndWatch(api_pb2.Empty())
+        self._thread = threading.Thread(
+            target=self._watch, name=f"standin-listandwatch-{resource}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"PluginConnection({self.resource!r}, endpoint={self.endpoint!r})"
+
+    def _watch(self) -> None:
+        code = grpc.StatusCode.OK
+        try:
+            for response in self._stream:
+                snapshot = snapshot_from_response(response, time.monotonic())
+                with self._cond:
+                    self._snapshots.append(snapshot)
+                    self._cond.notify_all()
+                log.debug(
+                    "kubelet_standin.snapshot",
+                    resource=self.resource,
+                    devices=len(snapshot.devices),
+                    healthy=len(snapshot.healthy),
+                )
+        except grpc.RpcError as err:
+            code = err.code()
+        log.info("kubelet_standin.stream_end", resource=self.resource, code=code.name)
+        if self._on_stream_end is not None:
+            self._on_stream_end(self)
+        with self._cond:
+            self._stream_end = code
+            self._cond.notify_all()
+
+    @property
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot received so far, oldest first (a copy)."""
+        with self._cond:
+            return list(self._snapshots)
+
+    def latest(self) -> Snapshot | None:
+        with self._cond:
+            return self._snapshots[-1] if self._snapshots else None
+
+    def wait_snapshot(
+        self,
+        predicate: Callable[[Snapshot], bool] | None = None,
+        timeout: float = 5.0,
+        *,
+        newer_than: Snapshot | None = None,
+    ) -> Snapshot:
+        """Wait until the latest snapshot satisfies `predicate` (any snapshot when None).
+
+        Only the latest one counts, as for the kubelet, so a state the plugin
+        passed through quickly may be missed. With `newer_than`, the snapshot
+        must also have arrived after that one. Raises TimeoutError.
+        """
+
+        with self._cond:
+            first = 0 if newer_than is None else self._index(newer_than) + 1
+
+            def ready() -> Snapshot | None:
+                if len(self._snapshots) <= first:
+                    return None
+                last = self._snapshots[-1]
+                return last if predicate is None or predicate(last) else None
+
+            found = self._cond.wait_for(ready, timeout)
+            if found is None:
+                last = self._snapshots[-1] if self._snapshots else None
+                raise TimeoutError(
+                    f"{self.resource}: no matching ListAndWatch snapshot within {timeout}s "
+                    f"({len(self._snapshots)} received, latest {last})"
+                )
+            return found
+
+    def _index(self, snapshot: Snapshot) -> int:
+        for i, s in enumerate(self._snapshots):
+            if s is snapshot:
+                return i
+        raise ValueError(f"{snapshot} was not received on this connection")
+
+    @property
+    def stream_end(self) -> grpc.StatusCode | None:
+        """How ListAndWatch ended: None while open, OK if the plugin ended it, else the error."""
+        with self._cond:
+            return self._stream_end
+
+    def wait_stream_end(self, timeout: float = 5.0) -> grpc.StatusCode:
+        """Wait until ListAndWatch ends (plugin stopped, connection closed); raises TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._stream_end is not None, timeout):
+                raise TimeoutError(f"{self.resource}: ListAndWatch still open after {timeout}s")
+            assert self._stream_end is not None
+            return self._stream_end
+
+    def allocate(
+        self, *container_device_ids: Sequence[str], timeout: float = 5.0
+    ) -> api_pb2.AllocateResponse:
+        """Allocate, one argument per container; a plugin refusal raises its grpc.RpcError."""
+        request = api_pb2.AllocateRequest(
+            container_requests=[
+                api_pb2.ContainerAllocateRequest(devices_ids=list(ids))
+                for ids in container_device_ids
+            ]
+        )
+        return self.stub.Allocate(request, timeout=timeout)
+
+    def preferred(
+        self,
+        available: Sequence[str],
+        must_include: Sequence[str],
+        size: int,
+        *,
+        timeout: float = 5.0,
+    ) -> list[str]:
+        """GetPreferredAllocation for one container; returns the device IDs the plugin prefers."""
+        request = api_pb2.PreferredAllocationRequest(
+            container_requests=[
+                api_pb2.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=list(available),
+                    must_include_deviceIDs=list(must_include),
+                    allocation_size=size,
+                )
+            ]
+        )
+        response = self.stub.GetPreferredAllocation(request, timeout=timeout)
+        return [i for c in response.container_responses for i in c.deviceIDs]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Cancel ListAndWatch and close the channel, like the kubelet disconnecting a plugin."""
+        self._stream.cancel()
+        self._channel.close()
+        self._thread.join(timeout)
+
+
+class _RegistrationServicer(api_pb2_grpc.RegistrationServicer):
+    def __init__(self, standin: KubeletStandIn, generation: int) -> None:
+        self._standin = standin
+        self._generation = generation
+
+    def Register(
+        self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Empty:
+        error = self._standin._register(request, self._generation)
+        if error is not None:
+            context.abort(grpc.StatusCode.UNKNOWN, error)
+        return api_pb2.Empty()
+
+
+class KubeletStandIn:
+    """Serves Registration on `<plugin_dir>/kubelet.sock` and talks back to the plugins.
+
+    `reject`, if given, is asked after the kubelet's own checks pass; a string
+    it returns refuses the registration with that message (to test a plugin's
+    retry path). `dial_timeout` bounds dialing a plugin and its
+    GetDevicePluginOptions answer.
+
+    Usable as a context manager (start on enter, stop on exit).
+    """
+
+    def __init__(
+        self,
+        plugin_dir: Path,
+        *,
+        reject: Rejecter | None = None,
+        dial_timeout: float = 2.0,
+    ) -> None:
+        self.plugin_dir = Path(plugin_dir)
+        self._reject = reject
+        self._dial_timeout = dial_timeout
+        self._cond = threading.Condition()
+        self._registrations: list[RegistrationAttempt] = []
+        self._connections: dict[str, PluginConnection] = {}
+        self._server: grpc.Server | None = None
+        # Bumped on every start, so a Register still in flight across a
+        # restart cannot land in the new incarnation.
+        self._generation = 0
+
+    @property
+    def socket_path(self) -> Path:
+        return self.plugin_dir / KUBELET_SOCKET_NAME
+
+    @property
+    def running(self) -> bool:
+        with self._cond:
+            return self._server is not None
+
+    def start(self, *, clean: bool = True) -> None:
+        """Listen on kubelet.sock; with `clean`, first delete every socket in the directory.
+
+        The real kubelet always cleans, so a plugin started before it loses
+        its socket; `clean=False` is for tests that want to skip that.
+        """
+        with self._cond:
+            if self._server is not None:
+                raise RuntimeError("kubelet stand-in already started")
+            self.plugin_dir.mkdir(parents=True, exist_ok=True)
+            if clean:
+                removed = remove_sockets(self.plugin_dir)
+                log.info("kubelet_standin.cleaned", dir=str(self.plugin_dir), removed=removed)
+            server = grpc.server(
+                futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="standin-kubelet")
+            )
+            self._generation += 1
+            api_pb2_grpc.add_RegistrationServicer_to_server(
+                _RegistrationServicer(self, self._generation), server
+            )
+            server.add_insecure_port(f"unix:{self.socket_path}")
+            server.start()
+            self._server = server
+        log.info("kubelet_standin.started", socket=str(self.socket_path))
+
+    def stop(self) -> None:
+        """Disconnect every plugin, stop serving and remove kubelet.sock (as gRPC-Go does)."""
+        with self._cond:
+            server, self._server = self._server, None
+            connections = list(self._connections.values())
+            self._connections.clear()
+            self._cond.notify_all()
+        for connection in connections:
+            connection.close()
+        if server is not None:
+            server.stop(grace=None).wait()
+            log.info("kubelet_standin.stopped", socket=str(self.socket_path))
+
+    def restart(self) -> None:
+        """A kubelet restart as plugins see it: disconnect, sockets deleted, new kubelet.sock."""
+        self.stop()
+        self.start(clean=True)
+
+    def __enter__(self) -> KubeletStandIn:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def registrations(self) -> list[RegistrationAttempt]:
+        """Every Register call seen since construction (across restarts), oldest first."""
+        with self._cond:
+            return list(self._registrations)
+
+    @property
+    def connections(self) -> dict[str, PluginConnection]:
+        """The live connection per resource name (a copy)."""
+        with self._cond:
+            return dict(self._connections)
+
+    def wait_registered(
+        self,
+        resource: str,
+        timeout: float = 5.0,
+        *,
+        newer_than: PluginConnection | None = None,
+    ) -> PluginConnection:
+        """Wait for a live connection for `resource` other than `newer_than`; else TimeoutError."""
+
+        def ready() -> PluginConnection | None:
+            current = self._connections.get(resource)
+            return current if current is not None and current is not newer_than else None
+
+        with self._cond:
+            found = self._cond.wait_for(ready, timeout)
+            if found is None:
+                tried = [r for r in self._registrations if r.resource_name == resource]
+                raise TimeoutError(
+                    f"{resource} not registered within {timeout}s; attempts: {tried}"
+                )
+            return found
+
+    def wait_attempts(self, count: int, timeout: float = 5.0) -> list[RegistrationAttempt]:
+        """Wait until at least `count` Register calls were seen; raises TimeoutError."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._registrations) >= count, timeout):
+                raise TimeoutError(
+                    f"{len(self._registrations)} of {count} registration attempts within {timeout}s"
+                )
+            return list(self._registrations)
+
+    def _register(self, request: api_pb2.RegisterRequest, generation: int) -> str | None:
+        """Handle one Register call; returns the refusal message or None when connected."""
+        log.info(
+            "kubelet_standin.register",
+            resource=request.resource_name,
+            endpoint=request.endpoint,
+            version=request.version,
+        )
+        error = register_problem(request, self.plugin_dir)
+        if error is None and self._reject is not None:
+            error = self._reject(request)
+        connection = None
+        if error is None:
+            connection, error = self._connect(request)
+        replaced = None
+        with self._cond:
+            if connection is not None and (self._server is None or generation != self._generation):
+                error = "kubelet stand-in is stopping"
+            if connection is not None and connection.dropped:
+                error = "ListAndWatch ended during registration"
+            if error is None:
+                replaced = self._connections.get(request.resource_name)
+                self._connections[request.resource_name] = connection
+            self._registrations.append(
+                RegistrationAttempt(
+                    at=time.monotonic(),
+                    version=request.version,
+                    endpoint=request.endpoint,
+                    resource_name=request.resource_name,
+                    options=request.options if request.HasField("options") else None,
+                    error=error,
+                )
+            )
+            self._cond.notify_all()
+        if replaced is not None:
+            replaced.close()
+        if error is not None:
+            if connection is not None:
+                connection.close()
+            log.warning("kubelet_standin.refused", resource=request.resource_name, error=error)
+        return error
+
+    def _connect(
+        self, request: api_pb2.RegisterRequest
+    ) -> tuple[PluginConnection, None] | tuple[None, str]:
+        """Dial the plugin and ask its options, as the kubelet does before answering Register."""
+        socket_path = self.plugin_dir / request.endpoint
+        channel = grpc.insecure_channel(f"unix://{socket_path}", options=_CHANNEL_OPTIONS)
+        try:
+            # wait_for_ready: block until connected or timed out, like the kubelet's
+            # blocking dial. (channel_ready_future would make close() take 200 ms.)
+            options = api_pb2_grpc.DevicePluginStub(channel).GetDevicePluginOptions(
+                api_pb2.Empty(), timeout=self._dial_timeout, wait_for_ready=True
+            )
+        except grpc.RpcError as err:
+            channel.close()
+            if err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                return None, f"failed to dial device plugin: {socket_path}: {err.details()}"
+            return None, f"GetDevicePluginOptions failed: {err.code().name}: {err.details()}"
+        connection = PluginConnection(
+            request.resource_name, request.endpoint, socket_path, channel, options, self._forget
+        )
+        return connection, None
+
+    def _forget(self, connection: PluginConnection) -> None:
+        """Drop a connection whose ListAndWatch ended, as the kubelet disconnects such a plugin."""
+        with self._cond:
+            connection.dropped = True
+            if self._connections.get(connection.resource) is connection:
+                del self._connections[connection.resource]
+                self._cond.notify_all()
+
+
+def remove_sockets(directory: Path) -> list[str]:
+    """Delete every unix socket directly in `directory` (not files, not subdirectories)."""
+    removed = []
+    for entry in directory.iterdir():
+        try:
+            if stat.S_ISSOCK(entry.lstat().st_mode):
+                entry.unlink()
+                removed.append(entry.name)
+        except FileNotFoundError:
+            continue
+    return sorted(removed)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine: installs what the tests need
+# (Debian's CNI plugins and iproute2 as root, the Python package with its test
+# extras), checks lint, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ "$(id -u)" = 0 ]; then
+  need=()
+  [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+  command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  if [ ${#need[@]} -gt 0 ]; then
+    echo "installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+fi
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$PY" -m ruff check .
+"$PY" -m ruff format --check .
+exec "$PY" -m pytest -q "$@"

@@ -1,0 +1,157 @@
+"""Test plumbing shared by integration tests: network namespaces and the daemon process.
+
+Every namespace and link made here carries a random suffix and is removed in
+a `finally`, so a failing test leaves nothing behind and parallel runs do not
+clash. Nothing here ever touches the host's own interfaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+NETDP = [sys.executable, "-m", "deviceplugin"]
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+@dataclass
+class Namespaces:
+    """Creates network namespaces and veth pairs, and removes them all at the end."""
+
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    names: list[str] = field(default_factory=list)
+
+    def add(self, label: str) -> str:
+        name = f"ndp-{label}-{self.tag}"
+        sh("ip", "netns", "add", name)
+        self.names.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def veth(self, name: str, ns: str, peer: str, peer_ns: str) -> None:
+        """A veth pair created directly inside the two namespaces (never in the host's)."""
+        sh("ip", "-n", ns, "link", "add", name, "type", "veth", "peer", "name", peer,
+           "netns", peer_ns)  # fmt: skip
+
+    def cleanup(self) -> None:
+        for name in reversed(self.names):
+            sh("ip", "netns", "del", name, check=False)
+        self.names.clear()
+
+
+@contextmanager
+def namespaces() -> Iterator[Namespaces]:
+    ns = Namespaces()
+    try:
+        yield ns
+    finally:
+        ns.cleanup()
+
+
+@dataclass
+class NodeNetns:
+    """A namespace that plays the node: `uplink` carries its default route."""
+
+    ns: str
+    uplink: str
+    extra: list[str]
+
+
+def make_node_netns(nss: Namespaces, extra: int = 0) -> NodeNetns:
+    """A node namespace whose default route goes out of a veth end (its peer in a
+    'world' namespace), plus `extra` veth ends standing in for spare NICs."""
+    node = nss.add("node")
+    world = nss.add("world")
+    uplink = f"up{nss.tag}"
+    nss.veth(uplink, node, f"wup{nss.tag}", world)
+    sh("ip", "-n", node, "addr", "add", "10.250.0.2/24", "dev", uplink)
+    sh("ip", "-n", node, "link", "set", uplink, "up")
+    sh("ip", "-n", world, "link", "set", f"wup{nss.tag}", "up")
+    sh("ip", "-n", node, "route", "add", "default", "via", "10.250.0.1", "dev", uplink)
+    names = []
+    for i in range(extra):
+        name = f"x{i}{nss.tag}"
+        nss.veth(name, node, f"w{i}{nss.tag}", world)
+        names.append(name)
+    return NodeNetns(node, uplink, names)
+
+
+class DaemonProcess:
+    """`netdp run` as a child process; collects its JSON log lines as they come."""
+
+    def __init__(self, args: Sequence[str], netns: str | None = None) -> None:
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.command = [*prefix, *NETDP, "run", "--log-format", "json", *args]
+        self.proc = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        self.events: list[dict] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                with suppress(json.JSONDecodeError):
+                    self.events.append(json.loads(line))
+                self._cond.notify_all()
+
+    def wait_event(
+        self, event: str, timeout: float = 10, where: Callable[[dict], bool] = lambda e: True
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for e in self.events:
+                    if e.get("event") == event and where(e):
+                        return e
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no {event!r} event; log:\n" + "\n".join(self.lines[-40:])
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def stop(self, timeout: float = 5) -> tuple[int, float]:
+        """SIGTERM; returns the exit code and how long the daemon took to exit."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        elapsed = time.monotonic() - started
+        self._reader.join(timeout=2)
+        return code, elapsed
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=2)
+
+    def log_text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+
+def run_netdp(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return subprocess.run([*prefix, *NETDP, *args], capture_output=True, text=True, timeout=60)

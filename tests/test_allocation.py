@@ -1,0 +1,161 @@
+"""The pure allocation rules: env keys, INFO, device nodes, preferred allocation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from deviceplugin.allocation import (
+    UnknownDevicesError,
+    container_allocation,
+    env_var_name,
+    info_env_name,
+    preferred_allocation,
+)
+from deviceplugin.model import Device, NetDev
+
+
+def vf(pf: int, idx: int, numa: int | None = 0, driver: str = "iavf", group: int | None = None):
+    return Device(
+        pci_address=f"0000:{pf:02x}:{0x10 + idx // 8:02x}.{idx % 8}",
+        vendor="8086",
+        device="154c",
+        driver=driver,
+        numa_node=numa,
+        iommu_group=group,
+        pf_address=f"0000:{pf:02x}:00.0",
+        vf_index=idx,
+        netdevs=() if driver == "vfio-pci" else (NetDev(f"pf{pf}v{idx}"),),
+    )
+
+
+def pool_of(*devices: Device) -> dict[str, Device]:
+    return {d.pci_address: d for d in devices}
+
+
+def test_env_key_matches_sriov_device_plugin() -> None:
+    assert env_var_name("kernel.org/virt") == "PCIDEVICE_KERNEL_ORG_VIRT"
+    assert env_var_name("intel.com/intel_sriov_netdevice") == (
+        "PCIDEVICE_INTEL_COM_INTEL_SRIOV_NETDEVICE"
+    )
+    assert info_env_name("kernel.org/virt") == "PCIDEVICE_KERNEL_ORG_VIRT_INFO"
+    # kept as the SR-IOV plugin does; config check warns about it
+    assert env_var_name("example.com/my-nic") == "PCIDEVICE_EXAMPLE_COM_MY-NIC"
+
+
+def test_netdevice_allocation_env_and_info() -> None:
+    a, b = vf(1, 0), vf(1, 1)
+    result = container_allocation("kernel.org/virt", pool_of(a, b), [b.pci_address, a.pci_address])
+    assert result.envs["PCIDEVICE_KERNEL_ORG_VIRT"] == f"{b.pci_address},{a.pci_address}"
+    info = json.loads(result.envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"])
+    assert info[a.pci_address]["generic"] == {"deviceID": a.pci_address, "netdev": "pf1v0"}
+    assert "vfio" not in info[a.pci_address]
+    assert result.device_nodes == ()
+
+
+def test_vfio_allocation_gets_device_nodes_once_per_group() -> None:
+    a = vf(1, 0, driver="vfio-pci", group=40)
+    b = vf(1, 1, driver="vfio-pci", group=41)
+    c = vf(1, 2, driver="vfio-pci", group=41)  # shares b's group
+    result = container_allocation(
+        "intel.com/dpdk", pool_of(a, b, c), [a.pci_address, b.pci_address, c.pci_address]
+    )
+    paths = [n.host_path for n in result.device_nodes]
+    assert paths == ["/dev/vfio/vfio", "/dev/vfio/40", "/dev/vfio/41"]
+    info = json.loads(result.envs["PCIDEVICE_INTEL_COM_DPDK_INFO"])
+    assert info[a.pci_address]["vfio"] == {"mount": "/dev/vfio/vfio", "dev-mount": "/dev/vfio/40"}
+
+
+def test_unknown_ids_are_named() -> None:
+    a = vf(1, 0)
+    with pytest.raises(UnknownDevicesError) as err:
+        container_allocation("kernel.org/virt", pool_of(a), [a.pci_address, "0000:99:00.0", "x"])
+    assert err.value.unknown == ("0000:99:00.0", "x")
+    assert "0000:99:00.0" in str(err.value) and "kernel.org/virt" in str(err.value)
+
+
+def test_preferred_keeps_must_include_first() -> None:
+    devs = [vf(1, i) for i in range(4)]
+    pool = pool_of(*devs)
+    ids = [d.pci_address for d in devs]
+    got = preferred_allocation(pool, ids, [ids[3]], 2)
+    assert got[0] == ids[3] and len(got) == 2
+
+
+def test_preferred_prefers_single_numa_node() -> None:
+    n0 = [vf(1, i, numa=0) for i in range(2)]
+    n1 = [vf(2, i, numa=1) for i in range(3)]
+    pool = pool_of(*n0, *n1)
+    got = preferred_allocation(pool, sorted(pool), [], 3)
+    assert {pool[i].numa_node for i in got} == {1}
+    # with a must-include on node 0 and room there, stay on node 0
+    got = preferred_allocation(pool, sorted(pool), [n0[0].pci_address], 2)
+    assert {pool[i].numa_node for i in got} == {0}
+
+
+def test_preferred_best_fit_numa_leaves_big_node_whole() -> None:
+    small = [vf(1, i, numa=0) for i in range(2)]
+    big = [vf(2, i, numa=1) for i in range(8)]
+    pool = pool_of(*small, *big)
+    got = preferred_allocation(pool, sorted(pool), [], 2)
+    assert {pool[i].numa_node for i in got} == {0}
+
+
+def test_preferred_packs_onto_fewest_pfs() -> None:
+    pf1 = [vf(1, i) for i in range(2)]
+    pf2 = [vf(2, i) for i in range(4)]
+    pf3 = [vf(3, i) for i in range(1)]
+    pool = pool_of(*pf1, *pf2, *pf3)
+    got = preferred_allocation(pool, sorted(pool), [], 4)
+    assert {pool[i].pf_address for i in got} == {pf2[0].pf_address}
+    got = preferred_allocation(pool, sorted(pool), [], 2)
+    assert {pool[i].pf_address for i in got} == {pf1[0].pf_address}  # best fit
+    got = preferred_allocation(pool, sorted(pool), [], 6)
+    assert {pool[i].pf_address for i in got} == {pf1[0].pf_address, pf2[0].pf_address}
+
+
+def test_preferred_spills_across_numa_when_needed() -> None:
+    n0 = [vf(1, i, numa=0) for i in range(2)]
+    n1 = [vf(2, i, numa=1) for i in range(2)]
+    pool = pool_of(*n0, *n1)
+    got = preferred_allocation(pool, sorted(pool), [], 3)
+    assert len(got) == 3 and len(set(got)) == 3
+
+
+def test_preferred_ignores_unknown_ids() -> None:
+    a = vf(1, 0)
+    assert preferred_allocation(pool_of(a), [a.pci_address, "bogus"], ["bogus"], 2) == [
+        a.pci_address
+    ]
+
+
+@given(
+    numa=st.lists(st.sampled_from([None, 0, 1, 2]), min_size=1, max_size=24),
+    pf_of=st.data(),
+    size=st.integers(min_value=0, max_value=30),
+    must=st.data(),
+)
+def test_preferred_invariants(numa, pf_of, size, must) -> None:
+    devs = [vf(pf_of.draw(st.integers(1, 4)), i, numa=n) for i, n in enumerate(numa)]
+    pool = pool_of(*devs)
+    available = sorted(pool)
+    must_include = must.draw(st.lists(st.sampled_from(available), unique=True, max_size=size))
+    got = preferred_allocation(pool, available, must_include, size)
+    assert len(got) == len(set(got)) == min(size, len(available))
+    assert got[: len(must_include)] == must_include
+    assert set(got) <= set(available)
+    assert got == preferred_allocation(pool, list(reversed(available)), must_include, size)
+
+
+def test_additional_info_lands_under_extra_per_device_winning() -> None:
+    a, b = vf(1, 0), vf(1, 1)
+    extra = {"*": {"site": "lab", "tier": "gold"}, a.pci_address: {"tier": "silver"}}
+    result = container_allocation(
+        "kernel.org/virt", pool_of(a, b), [a.pci_address, b.pci_address], extra
+    )
+    info = json.loads(result.envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"])
+    assert info[a.pci_address]["extra"] == {"site": "lab", "tier": "silver"}
+    assert info[b.pci_address]["extra"] == {"site": "lab", "tier": "gold"}

@@ -1,0 +1,465 @@
+"""sysfs discovery: the lab layouts, SR-IOV relations, and sysfs misbehaving."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deviceplugin import sysfs
+from deviceplugin.model import Device, NetdevState
+from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, tmpfs_tempdir, virtio_lab
+from deviceplugin.sysfs import read_device, scan
+
+PF = "0000:01:00.0"
+VF0, VF1, VF2 = "0000:01:10.0", "0000:01:10.2", "0000:01:10.4"
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Fake trees on tmpfs: on the host's ext4 building them dominates the run time."""
+    with tmpfs_tempdir() as path:
+        yield path
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> FakeSysfs:
+    return virtio_lab(tmp_path / "lab")
+
+
+@pytest.fixture
+def sriov(tmp_path: Path) -> FakeSysfs:
+    """One igb PF with three VFs: igbvf, igbvf, vfio-pci."""
+    fs = sriov_topology(tmp_path / "sriov", pfs=1, vfs_per_pf=3, total_vfs=7, numa_nodes=1)
+    fs.bind(VF2, "vfio-pci")
+    return fs
+
+
+def only(fs: FakeSysfs, pci: str) -> Device:
+    dev = scan(fs.root).get(pci)
+    assert dev is not None
+    return dev
+
+
+# --- pure parsers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parse", "raw", "expected"),
+    [
+        (sysfs.parse_hex_id, "0x1AF4\n", "1af4"),
+        (sysfs.parse_class, "0x020000\n", "020000"),
+        (sysfs.parse_numa_node, "-1\n", None),
+        (sysfs.parse_numa_node, "1\n", 1),
+        (sysfs.parse_carrier, "0\n", False),
+        (sysfs.parse_operstate, "lowerlayerdown\n", "lowerlayerdown"),
+        (sysfs.parse_mac, "52:54:00:5A:00:11\n", "52:54:00:5a:00:11"),
+        (sysfs.parse_link_type, "1\n", "ether"),
+        (sysfs.parse_link_type, "32\n", "infiniband"),
+        (sysfs.parse_link_type, "772\n", "arphrd-772"),
+        (sysfs.pci_address_of_link, "../0000:05:10.2", "0000:05:10.2"),
+        (sysfs.pci_address_of_link, "../10000:e1:00.0", "10000:e1:00.0"),  # VMD domain
+        (sysfs.iommu_group_of_link, "../../../kernel/iommu_groups/17", 17),
+        (sysfs.driver_of_link, "../../../bus/pci/drivers/igbvf", "igbvf"),
+        (sysfs.virtfn_index, "virtfn12", 12),
+        (sysfs.virtfn_index, "virtio3", None),
+        (sysfs.is_virtio_child, "virtio3", True),
+        (sysfs.is_virtio_child, "virtfn3", False),
+    ],
+)
+def test_parsers(parse, raw, expected) -> None:
+    assert parse(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("parse", "raw"),
+    [
+        (sysfs.parse_hex_id, "0x1af\n"),
+        (sysfs.parse_hex_id, "0xzzzz"),
+        (sysfs.parse_class, "0x0200"),
+        (sysfs.parse_int, "1_0"),
+        (sysfs.parse_int, "\u0661"),  # ARABIC-INDIC DIGIT ONE, which int() would take
+        (sysfs.parse_int, "-3"),
+        (sysfs.parse_numa_node, "-2"),
+        (sysfs.parse_carrier, "yes"),
+        (sysfs.parse_operstate, "sideways"),
+        (sysfs.parse_mac, "52:54:00:5a:00:1"),
+        (sysfs.parse_mac, ""),
+        (sysfs.pci_address_of_link, "../eth0"),
+        (sysfs.iommu_group_of_link, "../kernel/iommu_groups/x"),
+        (sysfs.driver_of_link, ""),
+    ],
+)
+def test_parsers_reject_garbage(parse, raw) -> None:
+    with pytest.raises(ValueError):
+        parse(raw)
+
+
+# --- layouts ------------------------------------------------------------------
+
+
+def test_virtio_lab(lab: FakeSysfs) -> None:
+    node = scan(lab.root)
+    assert list(node.devices) == ["0000:00:03.0", "0000:01:00.0", "0000:02:00.0", "0000:03:00.0"]
+    assert node.warnings == ()
+    eth0 = node.devices["0000:00:03.0"]
+    assert (eth0.vendor, eth0.device, eth0.class_code) == ("1af4", "1041", "020000")
+    assert (eth0.subsystem_vendor, eth0.subsystem_device) == ("1af4", "1100")
+    assert (eth0.driver, eth0.numa_node, eth0.iommu_group) == ("virtio-pci", None, None)
+    assert eth0.is_virtio and not eth0.is_pf and not eth0.is_vf
+    assert eth0.netdev_state is NetdevState.PRESENT
+    (nd,) = eth0.netdevs
+    assert (nd.name, nd.mac, nd.mtu, nd.operstate, nd.carrier, nd.link_type) == (
+        "eth0",
+        "52:54:00:5a:00:10",
+        1500,
+        "up",
+        True,
+        "ether",
+    )
+    assert nd.ifindex == 2
+    assert node.by_netdev("eth2").pci_address == "0000:02:00.0"
+    assert eth0.warnings == ()
+
+
+def test_sriov_pf_and_vfs(sriov: FakeSysfs) -> None:
+    node = scan(sriov.root)
+    pf = node.devices[PF]
+    assert pf.is_pf and (pf.total_vfs, pf.num_vfs) == (7, 3)
+    assert pf.vf_addresses == (VF0, VF1, VF2)
+    assert pf.netdev == "ens1f0" and pf.driver == "igb" and pf.numa_node == 0
+    for index, vf in enumerate((VF0, VF1, VF2)):
+        dev = node.devices[vf]
+        assert dev.is_vf and not dev.is_pf
+        assert (dev.pf_address, dev.vf_index, dev.pf_netdev) == (PF, index, "ens1f0")
+        assert (dev.vendor, dev.device, dev.numa_node) == ("8086", "10ca", 0)
+        assert dev.warnings == ()
+    assert node.devices[VF1].netdev == "ens1f0v1"
+    assert node.devices[VF1].driver == "igbvf"
+
+
+def test_vfio_vf_has_a_dev_vfio_node_and_no_netdev(sriov: FakeSysfs) -> None:
+    dev = only(sriov, VF2)
+    assert dev.is_vfio and dev.driver == "vfio-pci"
+    assert dev.netdev_state is NetdevState.NONE and dev.netdevs == ()
+    assert dev.iommu_group is not None
+    assert dev.vfio_device == f"/dev/vfio/{dev.iommu_group}"
+
+
+def test_netdev_moved_away_keeps_the_device(sriov: FakeSysfs, lab: FakeSysfs) -> None:
+    sriov.move_netdev_out(VF0)
+    dev = only(sriov, VF0)
+    assert dev.netdev_state is NetdevState.ELSEWHERE and dev.netdevs == ()
+    assert dev.vf_index == 0 and dev.warnings == ()
+    assert dev.link_type == "ether"  # from the PCI class while the netdev is away
+
+    lab.move_netdev_out("0000:01:00.0")
+    assert only(lab, "0000:01:00.0").netdev_state is NetdevState.ELSEWHERE
+
+    sriov.move_netdev_out(PF)
+    assert only(sriov, VF1).pf_netdev is None
+
+
+def test_netdev_back_under_another_name(sriov: FakeSysfs) -> None:
+    sriov.move_netdev_out(VF0)
+    sriov.return_netdev(VF0, "net1")
+    assert only(sriov, VF0).netdev == "net1"
+
+
+def test_unbound_and_pf_without_vfs(tmp_path: Path) -> None:
+    fs = FakeSysfs(tmp_path)
+    fs.add_pf("0000:3b:00.0", netdev="p1", total_vfs=4, numa_node=1)
+    fs.add_nic("0000:3b:00.1", vendor="8086", device="1572", driver=None, netdev=None)
+    node = scan(tmp_path)
+    pf = node.devices["0000:3b:00.0"]
+    assert (pf.total_vfs, pf.num_vfs, pf.vf_addresses, pf.numa_node) == (4, 0, (), 1)
+    unbound = node.devices["0000:3b:00.1"]
+    assert unbound.driver is None and unbound.netdev_state is NetdevState.NONE
+
+
+def test_carrier_and_link_types(tmp_path: Path) -> None:
+    fs = FakeSysfs(tmp_path)
+    fs.add_nic("0000:00:05.0", vendor="15b3", device="1017", driver="mlx5_core", netdev="ib0",
+               class_code="0x020700", arphrd=32, operstate="down", carrier=None)  # fmt: skip
+    fs.add_nic("0000:00:06.0", vendor="8086", device="1572", driver="i40e", netdev="x0",
+               arphrd=772, carrier=False, operstate="lowerlayerdown")  # fmt: skip
+    node = scan(tmp_path)
+    ib = node.devices["0000:00:05.0"].netdevs[0]
+    assert (ib.link_type, ib.carrier, ib.operstate) == ("infiniband", None, "down")
+    other = node.devices["0000:00:06.0"].netdevs[0]
+    assert (other.link_type, other.carrier) == ("arphrd-772", False)
+    assert node.devices["0000:00:05.0"].warnings == ()
+
+
+def test_carrier_einval_means_unknown_not_a_problem(
+    lab: FakeSysfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_read = sysfs._read_text
+
+    def read(name: str, dir_fd: int) -> str:
+        if name.endswith("/carrier"):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_read(name, dir_fd)
+
+    monkeypatch.setattr(sysfs, "_read_text", read)
+    dev = only(lab, "0000:00:03.0")
+    assert dev.netdevs[0].carrier is None and dev.warnings == ()
+
+
+def test_read_device_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:
+    sriov.move_netdev_out(VF1)
+    for fs in (sriov, lab):
+        node = scan(fs.root)
+        for pci, dev in node.devices.items():
+            assert read_device(fs.root, pci) == dev
+    assert read_device(lab.root, "0000:00:02.0") is None  # virtio-blk: not a network class
+    assert read_device(lab.root, "0000:00:00.0") is None  # host bridge
+    assert read_device(lab.root, "0000:09:00.0") is None  # absent
+    assert read_device(lab.root, "eth0") is None  # not a PCI address
+    assert read_device(lab.root / "nope", "0000:00:03.0") is None
+
+
+def test_many_vfs_keep_their_index(tmp_path: Path) -> None:
+    fs = sriov_topology(tmp_path, pfs=2, vfs_per_pf=256, offset=128, stride=1)
+    node = scan(tmp_path)
+    assert len(node.devices) == 2 + 512
+    for pf in ("0000:01:00.0", "0000:03:00.0"):
+        vfs = fs.vfs_of(pf)
+        assert node.devices[pf].vf_addresses == tuple(vfs)
+        assert [node.devices[vf].vf_index for vf in vfs] == list(range(256))
+
+
+# --- sysfs misbehaving --------------------------------------------------------
+
+
+def test_no_pci_bus_at_all(tmp_path: Path) -> None:
+    node = scan(tmp_path)
+    assert node.devices == {} and len(node.warnings) == 1
+
+
+def test_garbage_identity_skips_only_that_device(lab: FakeSysfs) -> None:
+    lab.write_attr("0000:01:00.0", "vendor", "0xnope\n")
+    lab.write_attr("0000:02:00.0", "class", b"\xff\xfe")
+    node = scan(lab.root)
+    assert sorted(node.devices) == ["0000:00:03.0", "0000:03:00.0"]
+    assert len(node.warnings) == 2
+    assert node.warnings[0].startswith("0000:01:00.0: skipped: vendor")
+
+
+def test_garbage_attribute_degrades_the_device(sriov: FakeSysfs) -> None:
+    sriov.write_attr(VF0, "numa_node", "many\n")
+    sriov.write_attr(VF0, "subsystem_vendor", b"\x00\x01")
+    (sriov.netdev_dir("ens1f0v0") / "mtu").write_text("-5\n")
+    (sriov.netdev_dir("ens1f0v0") / "address").write_text("not a mac\n")
+    dev = only(sriov, VF0)
+    assert dev.numa_node is None and dev.subsystem_vendor is None
+    assert dev.netdevs[0].mtu is None and dev.netdevs[0].mac is None
+    assert dev.netdevs[0].operstate == "up"
+    assert dev.vf_index == 0 and dev.vendor == "8086"
+    assert len(dev.warnings) == 4
+    assert any(w.startswith("netdev ens1f0v0: mtu") for w in dev.warnings)
+    assert only(sriov, VF1).warnings == ()
+
+
+def test_unreadable_files_degrade_the_device(lab: FakeSysfs) -> None:
+    # Root reads through any mode bits; a directory in place of a file fails with EISDIR.
+    pci_dir = lab.pci_dir("0000:01:00.0")
+    (pci_dir / "numa_node").unlink()
+    (pci_dir / "numa_node").mkdir()
+    nd = lab.netdev_dir("eth1")
+    (nd / "carrier").unlink()
+    (nd / "carrier").mkdir()
+    dev = only(lab, "0000:01:00.0")
+    assert dev.numa_node is None and dev.netdevs[0].carrier is None
+    assert len(dev.warnings) == 2
+    (pci_dir / "device").unlink()
+    (pci_dir / "device").mkdir()
+    assert "0000:01:00.0" not in scan(lab.root).devices
+
+
+def test_dangling_and_garbage_links(sriov: FakeSysfs) -> None:
+    vf0_dir = sriov.pci_dir(VF0)
+    os.unlink(vf0_dir / "iommu_group")
+    os.symlink("../../../kernel/iommu_groups/banana", vf0_dir / "iommu_group")
+    os.unlink(vf0_dir / "driver")
+    os.symlink("../../../../bus/pci/drivers/gone", vf0_dir / "driver")
+    shutil.rmtree(sriov.pci_dir(VF1))  # bus/pci/devices link left dangling, virtfn1 too
+    node = scan(sriov.root)
+    vf0 = node.devices[VF0]
+    assert vf0.iommu_group is None and vf0.driver == "gone"
+    assert len(vf0.warnings) == 1
+    assert VF1 not in node.devices
+    assert any(w.startswith(f"{VF1}: skipped: vanished") for w in node.warnings)
+    assert node.devices[PF].vf_addresses == (VF0, VF1, VF2)  # as the PF's links say
+    assert read_device(sriov.root, VF1) is None
+
+
+def test_vf_without_its_pf(sriov: FakeSysfs) -> None:
+    shutil.rmtree(sriov.pci_dir(PF))
+    dev = only(sriov, VF0)
+    assert dev.pf_address == PF and dev.vf_index is None and dev.pf_netdev is None
+    assert dev.warnings == (f"PF {PF} unreadable: VF index and PF netdev unknown",)
+
+
+def test_vf_the_pf_does_not_list(sriov: FakeSysfs) -> None:
+    os.unlink(sriov.pci_dir(PF) / "virtfn0")
+    node = scan(sriov.root)
+    assert node.devices[VF0].vf_index is None
+    assert node.devices[VF0].warnings == (f"PF {PF} has no virtfn link to this VF",)
+    assert node.devices[PF].vf_addresses == (VF1, VF2)
+
+
+def test_garbage_bus_entries(lab: FakeSysfs) -> None:
+    bus = lab.root / "bus/pci/devices"
+    (bus / "README").write_text("hi")
+    (bus / "0000:07:00.0").write_text("a file, not a device dir")
+    node = scan(lab.root)
+    assert len(node.devices) == 4
+    assert len(node.warnings) == 2
+
+
+@pytest.fixture
+def vanish_during(monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    """Run an action the first time the scanner reads a file whose path ends so."""
+    real_read = sysfs._read_text
+
+    def arm(path_suffix: str, action) -> None:
+        fired = []
+
+        def read(name: str, dir_fd: int) -> str:
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name)
+            if not fired and path.endswith(path_suffix):
+                fired.append(True)
+                action()
+            return real_read(name, dir_fd)
+
+        monkeypatch.setattr(sysfs, "_read_text", read)
+
+    yield arm
+
+
+def test_device_unplugged_mid_read(sriov: FakeSysfs, vanish_during) -> None:
+    vanish_during(f"{VF1}/subsystem_vendor", lambda: sriov.remove(VF1))
+    node = scan(sriov.root)
+    assert VF1 not in node.devices and VF0 in node.devices
+    assert any(w.startswith(f"{VF1}: skipped: vanished") for w in node.warnings)
+
+
+def test_device_unplugged_between_class_and_vendor(lab: FakeSysfs, vanish_during) -> None:
+    vanish_during("0000:02:00.0/class", lambda: lab.remove("0000:02:00.0"))
+    node = scan(lab.root)
+    assert "0000:02:00.0" not in node.devices and len(node.devices) == 3
+
+
+def test_netdev_moved_mid_read(lab: FakeSysfs, vanish_during) -> None:
+    vanish_during("/net/eth1/ifindex", lambda: lab.move_netdev_out("0000:01:00.0"))
+    dev = only(lab, "0000:01:00.0")
+    assert dev.netdev_state is NetdevState.ELSEWHERE and dev.warnings == ()
+
+
+# --- property: no bytes in any attribute file make the scan raise --------------
+
+
+def _snapshot(path: Path) -> tuple[str, bytes | str]:
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    return ("file", path.read_bytes())
+
+
+def _restore(path: Path, saved: tuple[str, bytes | str]) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+    kind, content = saved
+    if kind == "link":
+        os.symlink(content, path)
+    else:
+        path.write_bytes(content)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def garbage_tree() -> Iterator[tuple[Path, list[Path]]]:
+    with tmpfs_tempdir() as root:
+        yield _garbage_tree(root)
+
+
+def _garbage_tree(root: Path) -> tuple[Path, list[Path]]:
+    fs = virtio_lab(root, extra_nics=1)
+    fs.add_pf("0000:05:00.0", netdev="p0", total_vfs=4, iommu_group=fs.new_iommu_group())
+    vfs = fs.set_num_vfs("0000:05:00.0", 2)
+    fs.bind(vfs[1], "vfio-pci")
+    targets = []
+    for dirpath, _dirs, files in os.walk(root / "devices"):
+        targets.extend(Path(dirpath, f) for f in files)
+    for dirpath, dirs, files in os.walk(root / "devices"):
+        targets.extend(Path(dirpath, n) for n in dirs + files if Path(dirpath, n).is_symlink())
+    return root, sorted(set(targets))
+
+
+damage = st.one_of(
+    st.tuples(st.just("bytes"), st.binary(max_size=64)),
+    st.tuples(st.just("text"), st.sampled_from(["", "-1", "0x", "0x02", "99999999999999999999"])),
+    st.tuples(st.just("delete"), st.none()),
+    st.tuples(st.just("dir"), st.none()),
+    st.tuples(
+        st.just("link"), st.sampled_from(["/", "../..", "x/../../0000:05:00.0", ".", "nowhere"])
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(data=st.data())
+def test_scan_never_raises_on_garbage(garbage_tree, data) -> None:
+    root, targets = garbage_tree
+    picked = data.draw(st.lists(st.sampled_from(targets), min_size=1, max_size=4, unique=True))
+    saved = {p: _snapshot(p) for p in picked}
+    try:
+        for path in picked:
+            kind, value = data.draw(damage)
+            if kind in ("bytes", "text"):
+                _restore(path, ("file", value if isinstance(value, bytes) else value.encode()))
+            elif kind == "delete":
+                path.unlink()
+            elif kind == "dir":
+                path.unlink()
+                path.mkdir()
+            else:
+                _restore(path, ("link", value))
+        node = scan(root)
+        for pci, dev in node.devices.items():
+            assert dev.pci_address == pci
+            assert len(dev.vendor) == 4 and len(dev.device) == 4
+            assert dev.class_code.startswith("02")
+        for entry in os.listdir(root / "bus/pci/devices"):
+            assert read_device(root, entry) is None or entry in node.devices
+    finally:
+        for path, snap in saved.items():
+            _restore(path, snap)
+
+
+# --- this machine ---------------------------------------------------------------
+
+
+def test_scan_of_this_machines_sys_is_clean() -> None:
+    node = scan(Path("/sys"))
+    for dev in node.devices.values():
+        assert dev.class_code.startswith("02")
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/sys/bus/pci/devices/0000:00:03.0/class"),
+    reason="not the project's host: it has its virtio uplink at 0000:00:03.0",
+)
+def test_finds_the_hosts_uplink() -> None:
+    dev = scan(Path("/sys")).get("0000:00:03.0")
+    assert dev is not None and dev.is_virtio and dev.driver == "virtio-pci"
+    assert dev.netdev == "eth0" and dev.netdev_state is NetdevState.PRESENT
+    assert dev.netdevs[0].link_type == "ether"
+    assert read_device(Path("/sys"), "0000:00:03.0") == dev
