@@ -87,6 +87,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._devices: dict[str, Device] = {}
         self._health: dict[str, Health] = {}
         self._version = 0
+        self._populated = False  # set by the first update()
         self._changed = asyncio.Condition()
         self._server: grpc.aio.Server | None = None
         self._socket_inode: int | None = None
@@ -110,16 +111,19 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         """Replace the pool's devices; wake ListAndWatch streams only if the kubelet's view changes.
 
         Returns whether anything the kubelet sees (ids, health, NUMA) changed.
-        Other attribute changes (a netdev renamed) are stored silently.
+        Other attribute changes (a netdev renamed) are stored silently. The
+        first update always counts: until then ListAndWatch holds back, so a
+        server may register before the first scan is done without ever
+        advertising a premature empty pool.
         """
         new_devices = {d.pci_address: d for d in sorted(devices, key=lambda d: d.pci_address)}
         new_health = {i: health.get(i, Health.HEALTHY) for i in new_devices}
         before = self._snapshot()
         self._devices, self._health = new_devices, new_health
-        after = self._snapshot()
-        if before == after:
+        if before == self._snapshot() and self._populated:
             return False
         async with self._changed:
+            self._populated = True
             self._version += 1
             self._changed.notify_all()
         return True
@@ -184,7 +188,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.Empty, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
         self.log.info("list_and_watch_opened")
-        seen = [-1]  # a cell, so the wait predicate sees the latest value
+        seen = [0]  # a cell, so the wait predicate sees the latest value; 0 = before any update
         while True:
             async with self._changed:
                 await self._changed.wait_for(lambda: self._version != seen[0] or self._stopping)
