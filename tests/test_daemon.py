@@ -18,7 +18,7 @@ import grpc
 import pytest
 from helpers import DaemonProcess, is_root, make_node_netns, namespaces, run_netdp
 
-from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, tmpfs_tempdir, virtio_lab
+from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, virtio_lab
 from deviceplugin.sim.kubelet import KubeletStandIn
 from deviceplugin.sysfs import scan
 
@@ -45,11 +45,8 @@ class Node:
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    # tmpfs: fake sysfs trees are metadata-heavy; and a short path keeps the unix
-    # socket paths under the kernel's 107-byte limit.
-    with tmpfs_tempdir("ndp-") as root:
-        yield Node(root)
+def node(tmpfs_path: Path) -> Node:
+    return Node(tmpfs_path)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ host's own /sys.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,10 +39,9 @@ def text(path: Path) -> str:
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """Fake trees on tmpfs: on the host's ext4 building them dominates the run time."""
-    with tmpfs_tempdir() as path:
-        yield path
+def tmp_path(tmpfs_path: Path) -> Path:
+    """Every fake tree here goes on tmpfs (see conftest.tmpfs_path)."""
+    return tmpfs_path
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ VF0, VF1, VF2 = "0000:01:10.0", "0000:01:10.2", "0000:01:10.4"
 
 
 @pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """Fake trees on tmpfs: on the host's ext4 building them dominates the run time."""
-    with tmpfs_tempdir() as path:
-        yield path
+def tmp_path(tmpfs_path: Path) -> Path:
+    """Every fake tree here goes on tmpfs (see conftest.tmpfs_path)."""
+    return tmpfs_path
 
 
 @pytest.fixture
