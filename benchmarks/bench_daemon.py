@@ -87,7 +87,8 @@ def bench_daemon(vfs: int, starts: int, calls: int) -> dict[str, float]:
                     [sys.executable, "-m", "deviceplugin", "run",
                      "--config", str(config_file), "--sysfs-root", str(root / "sys"),
                      "--device-plugin-path", str(plugins), "--devinfo-dir", str(root / "di"),
-                     "--log-level", "warning"],
+                     "--log-level", "warning", "--metrics-address", "127.0.0.1:0",
+                     "--cni-socket", ""],
                     stderr=subprocess.DEVNULL,
                 )  # fmt: skip
                 try:

@@ -15,8 +15,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deviceplugin import __version__
+
+if TYPE_CHECKING:
+    from deviceplugin.config import Config
+    from deviceplugin.daemon import Settings
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -43,6 +48,39 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("devinfo-dir", str(DEFAULT_DEVINFO_DIR), "device-info spec directory ('' disables)")
     flag("log-level", "info", "debug, info, warning or error")
     flag("log-format", None, "json or console; default: json unless stderr is a terminal")
+    flag("metrics-address", ":9477", "/metrics, /healthz, /readyz listen address; '0' disables")
+    flag("cni-socket", "/run/netdp/cni.sock", "socket the ehost-device shim talks to; '' disables")
+    _add_watch_flags(p)
+
+
+def _add_watch_flags(p: argparse.ArgumentParser) -> None:
+    """How changes are noticed; `list` takes them too, to say what `run` would do."""
+    p.add_argument(
+        "--watch",
+        default=_env_default("watch", "auto"),
+        help="auto: kernel uevents and netlink, periodic rescans only for what is missing; "
+        "periodic: rescans only (env NETDP_WATCH)",
+    )
+    p.add_argument(
+        "--rescan-interval",
+        default=_env_default("rescan-interval", "30"),
+        help="seconds between rescans when an event source is missing (env NETDP_RESCAN_INTERVAL)",
+    )
+
+
+def _watch_settings(args: argparse.Namespace) -> tuple[str, float]:
+    """Validated `--watch` and `--rescan-interval`; ValueError names the flag."""
+    if args.watch not in ("auto", "periodic"):
+        raise ValueError(f"--watch: expected auto or periodic, got {args.watch!r}")
+    try:
+        interval = float(args.rescan_interval)
+    except ValueError:
+        interval = 0.0
+    if not 0 < interval < float("inf"):
+        raise ValueError(
+            f"--rescan-interval: expected a number of seconds > 0, got {args.rescan_interval!r}"
+        )
+    return args.watch, interval
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,11 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--config", default=_env_default("config", None))
     lst.add_argument("--sysfs-root", default=_env_default("sysfs-root", "/sys"))
     lst.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_watch_flags(lst)
 
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file and show its pools")
     check.add_argument("file", type=Path)
+
+    inst = sub.add_parser(
+        "install-cni", help="install the ehost-device CNI shim (DaemonSet init container)"
+    )
+    inst.add_argument("--dest", type=Path, default=Path("/opt/cni/bin"))
+    inst.add_argument(
+        "--python",
+        default=None,
+        help="interpreter path for the shim's #! line, as the node sees it "
+        "(default: this interpreter, resolved)",
+    )
 
     demo = sub.add_parser(
         "demo", help="run the daemon on a fake virtio lab against a built-in kubelet stand-in"
@@ -81,7 +131,8 @@ def _load_config(path: str | None):  # -> Config, imported lazily
 def cmd_run(args: argparse.Namespace) -> int:
     from deviceplugin import logs
     from deviceplugin.config import ConfigError
-    from deviceplugin.daemon import Daemon, Settings
+    from deviceplugin.daemon import Settings, WatchMode
+    from deviceplugin.metrics import parse_address
 
     try:
         logs.configure(args.log_level, args.log_format)
@@ -95,6 +146,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG
     try:
+        watch, rescan_interval = _watch_settings(args)
+        metrics_address = parse_address(args.metrics_address)
+    except ValueError as exc:
+        print(f"netdp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
         config = _load_config(args.config)
     except ConfigError as exc:
         print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
@@ -105,16 +162,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         device_plugin_path=Path(args.device_plugin_path),
         sysfs_root=Path(args.sysfs_root),
         devinfo_dir=Path(args.devinfo_dir) if args.devinfo_dir else None,
+        config_path=Path(args.config) if args.config else None,
+        rescan_interval_s=rescan_interval,
+        watch=WatchMode(watch),
     )
-    return asyncio.run(_serve(Daemon(config, settings)))
+    cni_socket = Path(args.cni_socket) if args.cni_socket else None
+    return asyncio.run(_serve(config, settings, metrics_address, cni_socket))
 
 
-async def _serve(daemon) -> int:  # Daemon; annotated loosely to keep imports lazy
+async def _serve(
+    config: Config,
+    settings: Settings,
+    metrics_address: tuple[str, int] | None,
+    cni_socket: Path | None,
+) -> int:
+    """The daemon plus its two side servers: metrics/probes and the CNI socket.
+
+    The metrics server starts first so liveness answers during a slow first
+    scan; both stop after the daemon has cleaned up its kubelet sockets.
+    """
+    from deviceplugin.cni.server import CniServer
+    from deviceplugin.daemon import Daemon
+    from deviceplugin.metrics import Metrics, MetricsServer, readiness
+
+    metrics = Metrics()
+    daemon = Daemon(config, settings, observer=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await daemon.run(stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    run: asyncio.Task[None] | None = None
+    side: list[MetricsServer | CniServer] = []
+    try:
+        if metrics_address is not None:
+            side.append(
+                MetricsServer(
+                    metrics,
+                    metrics_address,
+                    healthy=lambda: run is None or not run.done(),
+                    ready=lambda: readiness(daemon.registration_status()),
+                )
+            )
+        if cni_socket is not None:
+            side.append(CniServer(cni_socket, settings.sysfs_root))
+        for server in side:
+            await server.start()
+        run = asyncio.create_task(daemon.run(stop), name="daemon")
+        await run
+    except OSError as exc:
+        print(f"netdp: cannot serve: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        for server in reversed(side):
+            await server.stop()
     return EXIT_OK
 
 
@@ -166,21 +267,35 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from deviceplugin import watch
     from deviceplugin.config import ConfigError
     from deviceplugin.daemon import take_snapshot
 
+    try:
+        watch_mode, rescan_interval = _watch_settings(args)
+    except ValueError as exc:
+        print(f"netdp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         config = _load_config(args.config)
     except ConfigError as exc:
         print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     snapshot = take_snapshot(config, Path(args.sysfs_root))
+    live = watch.probe(rescan_interval, periodic_only=watch_mode == "periodic")
     rows = _rows(snapshot)
     if args.json:
         print(
             json.dumps(
                 {
                     "default_route_interfaces": sorted(snapshot.default_route_ifaces),
+                    "live_updates": {
+                        "mode": live.describe(),
+                        "uevents": live.uevents,
+                        "netlink": live.netlink,
+                        "rescan_interval_s": live.rescan_interval_s,
+                        "problems": list(live.problems),
+                    },
                     "devices": rows,
                 },
                 indent=2,
@@ -190,6 +305,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(format_table(rows))
     else:
         print(f"no PCI network devices found under {args.sysfs_root}")
+    if not args.json:
+        print(f"\nlive updates: {live.describe()}")
     return EXIT_OK
 
 
@@ -210,6 +327,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_install_cni(args: argparse.Namespace) -> int:
+    from deviceplugin.cni.install import install_shim
+
+    try:
+        path = install_shim(args.dest, python=args.python)
+    except (OSError, ValueError) as exc:
+        print(f"netdp: install-cni: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"installed {path}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from deviceplugin.demo import run_demo
 
@@ -224,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_list(args)
     if args.command == "config":
         return cmd_config_check(args)
+    if args.command == "install-cni":
+        return cmd_install_cni(args)
     return cmd_demo(args)
 
 

@@ -1,9 +1,16 @@
-"""Wiring of the running daemon: snapshot → pools → servers → kubelet.
+"""Wiring of the running daemon: events → device tree → diff → pool servers → kubelet.
 
-All changes go through `refresh`: scan sysfs, read default routes, assign
-devices to pools (pure), and push each pool's devices to its server, which
-tells the kubelet only if its view changed. Start-up is the first refresh;
-later event sources only have to call it.
+There is one change path. A rescan (start-up, hot-plug uevents, a periodic
+rescan where events are unavailable, a config reload) reads sysfs and the
+default routes off the loop and assigns devices to pools; a link event skips
+the scan and reuses the last one. Either way `_apply` builds the new
+`diff.NodeState` with fresh health verdicts, diffs it against the previous
+one, starts or stops the pools that came or went, and pushes state only to
+pools that changed; their servers tell the kubelet only what it can see.
+Every device change is logged once, with its pool.
+
+The daemon reports what metrics need through a `DaemonObserver`, so it knows
+nothing about Prometheus.
 """
 
 from __future__ import annotations
@@ -13,22 +20,32 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import structlog
 
-from deviceplugin import health, pools, sysfs
+from deviceplugin import diff, pools, sysfs, watch
 from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
-from deviceplugin.config import Config
+from deviceplugin.config import Config, ConfigError, load_config
 from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
-from deviceplugin.kubelet import Registrar
-from deviceplugin.model import NodeDevices
+from deviceplugin.health import LinkState
+from deviceplugin.kubelet import Registrar, kubelet_identity
+from deviceplugin.model import Health, NodeDevices
 from deviceplugin.routes import default_route_interfaces
 from deviceplugin.server import PoolServer
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 0.5
+DEFAULT_RESCAN_INTERVAL_S = 30.0
+
+
+class WatchMode(StrEnum):
+    """Values of `netdp run --watch`."""
+
+    AUTO = "auto"  # events where the kernel offers them, periodic rescans for the rest
+    PERIODIC = "periodic"  # periodic rescans only (an escape hatch, and for tests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +55,9 @@ class Settings:
     device_plugin_path: Path = DEVICE_PLUGIN_DIR
     sysfs_root: Path = Path("/sys")
     devinfo_dir: Path | None = DEFAULT_DEVINFO_DIR
+    config_path: Path | None = None  # None: the built-in config, nothing to reload
+    rescan_interval_s: float = DEFAULT_RESCAN_INTERVAL_S
+    watch: WatchMode = WatchMode.AUTO
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +87,48 @@ def take_snapshot(
     )
 
 
+class DaemonObserver:
+    """What the daemon reports as it runs; every method is a no-op here.
+
+    Metrics subclass it and override what they count. Calls come from the
+    event loop and must not block. Sources are `uevent`, `netlink`,
+    `config-file`, `periodic`; `trigger` of a discovery is one of those or
+    `start`, `sighup`.
+    """
+
+    def events_received(self, source: str, count: int) -> None:
+        """`count` events that can change what is advertised arrived from `source`."""
+
+    def events_coalesced(self, source: str, count: int) -> None:
+        """`count` events were served by another event's run instead of their own."""
+
+    def discovery_done(self, trigger: str, seconds: float, devices: int) -> None:
+        """A sysfs rescan finished: how long it took and how many devices it found."""
+
+    def reload_done(self, ok: bool) -> None:
+        """A config reload was applied (or found nothing new: still ok) or refused."""
+
+    def health_changed(self, resource: str, device: str, health: Health) -> None:
+        """A pool member's health changed (not called for devices joining or leaving)."""
+
+    def state_applied(self, state: diff.NodeState) -> None:
+        """The device tree every pool now advertises (gauges, device info)."""
+
+    def registration(self, resource: str, accepted: bool) -> None:
+        """A Register call to the kubelet was accepted or refused."""
+
+    def kubelet_restarted(self) -> None:
+        """A new kubelet.sock appeared after the one we knew."""
+
+    def allocation(self, resource: str, seconds: float, devices: int, ok: bool) -> None:
+        """An Allocate call was answered."""
+
+    def preferred_allocation(self, resource: str, seconds: float) -> None:
+        """A GetPreferredAllocation call was answered."""
+
+
 class Daemon:
-    """Owns the pool servers and the registrar for one configuration."""
+    """Owns the pool servers, the registrar and the event sources for one node."""
 
     def __init__(
         self,
@@ -76,84 +136,350 @@ class Daemon:
         settings: Settings,
         *,
         routes: Callable[[], frozenset[str]] = default_route_interfaces,
+        observer: DaemonObserver | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
+        self.observer = observer or DaemonObserver()
         self._routes = routes
         self.servers: dict[str, PoolServer] = {}
         self.snapshot: Snapshot | None = None
-        self.registrar = Registrar(settings.device_plugin_path, lambda: self.servers.values())
-        self._refresh_lock = asyncio.Lock()
+        self.state: diff.NodeState | None = None
+        self.mode: watch.LiveMode | None = None
+        self.registrar = Registrar(
+            settings.device_plugin_path,
+            lambda: self.servers.values(),
+            on_registration=self.observer.registration,
+            on_kubelet_restart=self.observer.kubelet_restarted,
+        )
+        self._scan_lock = asyncio.Lock()  # rescans apply in the order they scanned
+        self._apply_lock = asyncio.Lock()  # one state transition at a time
         self._known_netdevs: dict[str, str] = {}
+        self._watched: frozenset[str] = frozenset()  # netdev names whose links matter
+        self._background: set[asyncio.Task[object]] = set()  # SIGHUP reloads in flight
+        self._links: watch.LinkMonitor | None = None
+        self._uevents: watch.UeventMonitor | None = None
+        self._hotplug = watch.Coalescer(
+            self._on_hotplug,
+            quiet=watch.HOTPLUG_QUIET_S,
+            max_delay=watch.HOTPLUG_MAX_DELAY_S,
+            name="uevent",
+        )
+        self._link_updates = watch.Coalescer(self._on_links, quiet=0, max_delay=0, name="netlink")
+        self._config_updates = watch.Coalescer(
+            self._on_config_file,
+            quiet=watch.CONFIG_QUIET_S,
+            max_delay=watch.HOTPLUG_MAX_DELAY_S,
+            name="config-file",
+        )
 
-    async def refresh(self) -> None:
-        """Rescan and push what changed; the one path every kind of change takes."""
-        async with self._refresh_lock:
-            started = time.perf_counter()
-            snap = await asyncio.to_thread(
-                take_snapshot,
-                self.config,
-                self.settings.sysfs_root,
-                self._routes,
-                dict(self._known_netdevs),
+    def ready(self) -> bool:
+        """Every pool serving and registered with the current kubelet (readiness probe)."""
+        return self.state is not None and self.registrar.all_registered()
+
+    def registration_status(self) -> dict[str, bool]:
+        """Per configured pool: serving and registered with the current kubelet.
+
+        Keyed by the config, not by the servers, so a pool whose server does not
+        exist yet (first scan still running) counts as not registered.
+        """
+        current = kubelet_identity(self.settings.device_plugin_path)
+        status = {}
+        for pool in self.config.pools:
+            server = self.servers.get(pool.resource_name)
+            status[pool.resource_name] = (
+                self.state is not None
+                and current is not None
+                and server is not None
+                and server.registered_with == current
             )
-            self._known_netdevs = {
-                a: d.netdev or self._known_netdevs[a]
-                for a, d in snap.node.devices.items()
-                if d.netdev or a in self._known_netdevs
-            }
-            for message in snap.node.warnings:
+        return status
+
+    # ---- the change path ------------------------------------------------------------
+
+    async def refresh(
+        self, trigger: str = "start", events: int = 0, config: Config | None = None
+    ) -> None:
+        """Rescan sysfs and apply what changed; hot-plug, periodic and reload come here.
+
+        A reload passes its new `config`; it takes over together with the scan
+        it is applied to, so no state ever pairs one config with another's pools.
+        """
+        async with self._scan_lock:
+            started = time.perf_counter()
+            node, ifaces = await asyncio.to_thread(self._scan)
+            seconds = time.perf_counter() - started
+            self.observer.discovery_done(trigger, seconds, len(node.devices))
+            for message in node.warnings:
                 log.warning("scan_problem", detail=message)
-            changed = []
-            specs = {p.resource_name: p for p in self.config.pools}
-            for resource, devices in snap.assignment.pools.items():
-                server = self.servers.get(resource)
-                if server is None:
-                    server = PoolServer(
-                        specs[resource], self.settings.device_plugin_path, self.settings.devinfo_dir
-                    )
-                    await server.start()
-                    self.servers[resource] = server
-                    self.registrar.poke()
-                states = {d.pci_address: health.device_health(d) for d in devices}
-                if await server.update(devices, states):
-                    changed.append(resource)
-            self._log_changes(self.snapshot, snap)
-            self.snapshot = snap
+            async with self._apply_lock:
+                if config is not None:
+                    self.config = config
+                assignment = pools.assign(
+                    node, self.config.pools, ifaces, known_netdevs=self._known_netdevs
+                )
+                self._remember_netdevs(node)
+                self.snapshot = Snapshot(node, ifaces, assignment)
+                state, changed = await self._apply(node, assignment)
             log.info(
                 "discovery_done",
-                devices=len(snap.node.devices),
-                pools={r: len(d) for r, d in snap.assignment.pools.items()},
-                excluded=len(snap.assignment.excluded),
-                default_route=sorted(snap.default_route_ifaces),
+                trigger=trigger,
+                events=events,
+                devices=len(node.devices),
+                pools={r: len(p.devices) for r, p in state.pools.items()},
+                excluded=len(state.excluded),
+                default_route=sorted(ifaces),
                 changed_pools=changed,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                duration_ms=round(seconds * 1000, 1),
             )
 
-    @staticmethod
-    def _log_changes(old: Snapshot | None, new: Snapshot) -> None:
-        """One log line per device that joined, left or was excluded, with its pool."""
+    def _scan(self) -> tuple[NodeDevices, frozenset[str]]:
+        return sysfs.scan(self.settings.sysfs_root), self._routes()
 
-        def placement(snap: Snapshot | None) -> dict[str, str]:
-            if snap is None:
-                return {}
-            out = {d.pci_address: r for r, devs in snap.assignment.pools.items() for d in devs}
-            out.update({a: f"excluded: {why}" for a, why in snap.assignment.excluded.items()})
-            return out
+    def _remember_netdevs(self, node: NodeDevices) -> None:
+        self._known_netdevs = {
+            a: d.netdev or self._known_netdevs[a]
+            for a, d in node.devices.items()
+            if d.netdev or a in self._known_netdevs
+        }
 
-        before, after = placement(old), placement(new)
-        for address in sorted(before.keys() | after.keys()):
-            was, now = before.get(address), after.get(address)
-            if was == now:
-                continue
-            dev = new.node.get(address) or (old.node.get(address) if old else None)
-            netdev = dev.netdev if dev else None
-            if now is None:
-                log.info("device_removed", device=address, netdev=netdev, pool=was)
-            elif now.startswith("excluded: "):
-                log.info("device_excluded", device=address, netdev=netdev, reason=now[10:])
+    async def relink(self) -> list[str]:
+        """New verdicts from the last scan and the current link states; no sysfs read."""
+        async with self._apply_lock:
+            if self.snapshot is None:
+                return []
+            _, changed = await self._apply(self.snapshot.node, self.snapshot.assignment)
+            return changed
+
+    def _current_links(self) -> Mapping[str, LinkState]:
+        return self._links.links if self._links is not None else {}
+
+    async def _apply(
+        self, node: NodeDevices, assignment: pools.Assignment
+    ) -> tuple[diff.NodeState, list[str]]:
+        """Go from the current state to the one this scan gives; returns it and the pools
+        whose kubelet-visible state changed."""
+        state = diff.build_state(
+            node, assignment, self.config.pools, self._current_links(), self.state
+        )
+        changes = diff.diff(self.state, state)
+        for resource in changes.removed_pools:
+            await self._remove_pool(resource)
+        for resource in changes.respecified_pools:
+            await self._respecify_pool(self.servers[resource], state.pools[resource])
+        for resource in changes.added_pools:
+            await self._add_pool(state.pools[resource])
+        updated = []
+        for resource in changes.updated_pools:
+            pool = state.pools[resource]
+            if await self.servers[resource].update(pool.devices, pool.health):
+                updated.append(resource)
+        self._log_device_changes(changes)
+        self.state = state
+        self._watched = state.netdev_names()
+        self.observer.state_applied(state)
+        return state, updated
+
+    async def _add_pool(self, pool: diff.PoolState) -> None:
+        server = PoolServer(
+            pool.spec,
+            self.settings.device_plugin_path,
+            self.settings.devinfo_dir,
+            on_allocate=self.observer.allocation,
+            on_preferred=self.observer.preferred_allocation,
+        )
+        await server.start()
+        self.servers[pool.spec.resource_name] = server
+        log.info("pool_added", pool=pool.spec.resource_name, devices=len(pool.devices))
+        self.registrar.poke()
+
+    async def _remove_pool(self, resource: str) -> None:
+        """Stop serving: the socket goes, and with it the kubelet's registration."""
+        server = self.servers.pop(resource)
+        await server.stop(SHUTDOWN_GRACE_S)
+        server.remove_devinfo_files()
+        log.info("pool_removed", pool=resource, socket=str(server.socket_path))
+
+    async def _respecify_pool(self, server: PoolServer, pool: diff.PoolState) -> None:
+        """New settings under the same name. Whether NUMA nodes are advertised is
+        part of what the kubelet saw, so that change re-registers the pool."""
+        topology_changed = server.pool.exclude_topology != pool.spec.exclude_topology
+        server.pool = pool.spec
+        log.info("pool_respecified", pool=pool.spec.resource_name, reregister=topology_changed)
+        if topology_changed:
+            await server.restart()
+            self.registrar.poke()
+
+    def _log_device_changes(self, changes: diff.Changes) -> None:
+        for c in changes.devices:
+            if c.kind is diff.ChangeKind.REMOVED:
+                log.info(c.kind.value, device=c.device, netdev=c.netdev, pool=c.pool)
+            elif c.kind is diff.ChangeKind.EXCLUDED:
+                log.info(
+                    c.kind.value,
+                    device=c.device,
+                    netdev=c.netdev,
+                    reason=c.reason,
+                    previous_pool=c.previous_pool,
+                )
+            elif c.kind is diff.ChangeKind.ADDED:
+                log.info(
+                    c.kind.value,
+                    device=c.device,
+                    netdev=c.netdev,
+                    pool=c.pool,
+                    previous=c.previous_pool,
+                    health=c.health,
+                    reason=c.reason,
+                )
             else:
-                log.info("device_added", device=address, netdev=netdev, pool=now, previous=was)
+                assert c.pool is not None and c.health is not None
+                log.info(
+                    c.kind.value,
+                    device=c.device,
+                    netdev=c.netdev,
+                    pool=c.pool,
+                    health=c.health,
+                    reason=c.reason,
+                )
+                self.observer.health_changed(c.pool, c.device, c.health)
+
+    # ---- event handlers -------------------------------------------------------------
+
+    def on_uevent(self, event: watch.Uevent) -> None:
+        """What the uevent source calls: a relevant event asks for one coalesced rescan."""
+        if watch.uevent_relevant(event, self._watched):
+            log.debug(
+                "uevent", action=event.action, subsystem=event.subsystem, devpath=event.devpath
+            )
+            self.observer.events_received("uevent", 1)
+            self._hotplug.trigger()
+
+    def on_link_change(self, names: frozenset[str]) -> None:
+        """What the link source calls: new verdicts if a netdev we advertise changed."""
+        relevant = len(names & self._watched)
+        if relevant:
+            self.observer.events_received("netlink", relevant)
+            self._link_updates.trigger(relevant)
+
+    async def _on_hotplug(self, events: int) -> None:
+        self.observer.events_coalesced("uevent", events - 1)
+        await self.refresh("uevent", events)
+
+    async def _on_links(self, events: int) -> None:
+        self.observer.events_coalesced("netlink", events - 1)
+        started = time.perf_counter()
+        changed = await self.relink()
+        log.debug(
+            "links_applied",
+            events=events,
+            changed_pools=changed,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    def on_config_event(self) -> None:
+        """What the config file watcher calls: the file may read differently now."""
+        self.observer.events_received("config-file", 1)
+        self._config_updates.trigger()
+
+    async def _on_config_file(self, events: int) -> None:
+        self.observer.events_coalesced("config-file", events - 1)
+        await self.reload("config-file")
+
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config and rescan (as a task: signal handlers cannot await)."""
+        task = asyncio.get_running_loop().create_task(self._sighup())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _sighup(self) -> None:
+        try:
+            await self.reload("sighup")
+        except Exception:  # a failed rescan must not go unnoticed in a detached task
+            log.exception("reload_failed", trigger="sighup")
+
+    async def reload(self, trigger: str) -> bool:
+        """Re-read the config; keep the running one if the new one is invalid.
+
+        Returns whether the running config is now the file's. Either way the
+        node is rescanned, so a SIGHUP also catches changes no event announced.
+        """
+        path = self.settings.config_path
+        config = None
+        ok = True
+        if path is not None:
+            ok, config = await self._load(path, trigger)
+            self.observer.reload_done(ok)
+        await self.refresh(trigger, config=config)
+        return ok
+
+    async def _load(self, path: Path, trigger: str) -> tuple[bool, Config | None]:
+        """(valid, the new config if it differs from the running one)."""
+        try:
+            config = await asyncio.to_thread(load_config, path)
+        except ConfigError as exc:
+            # Same text as `netdp run` prints when the file is invalid at start.
+            log.error("config_reload_failed", config=str(path), trigger=trigger, error=str(exc))
+            return False, None
+        for warning in config.warnings:
+            log.warning("config_warning", config=str(path), warning=warning)
+        if config.pools == self.config.pools:
+            log.info("config_unchanged", config=str(path), trigger=trigger)
+            return True, None
+        old = [p.resource_name for p in self.config.pools]
+        new = [p.resource_name for p in config.pools]
+        log.info(
+            "config_reloaded",
+            config=str(path),
+            trigger=trigger,
+            pools=new,
+            added=[p for p in new if p not in old],
+            removed=[p for p in old if p not in new],
+        )
+        return True, config
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def _open_sources(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.mode, self._uevents, self._links = watch.open_sources(
+            self.on_uevent,
+            self.on_link_change,
+            rescan_interval_s=self.settings.rescan_interval_s,
+            periodic_only=self.settings.watch == WatchMode.PERIODIC,
+        )
+        for source in (self._uevents, self._links):
+            if source is not None:
+                source.attach(loop)
+        log.info(
+            "live_updates",
+            mode=self.mode.describe(),
+            uevents=self.mode.uevents,
+            netlink=self.mode.netlink,
+            rescan_interval_s=self.mode.rescan_interval_s,
+            problems=list(self.mode.problems),
+        )
+
+    def _close_sources(self) -> None:
+        for source in (self._uevents, self._links):
+            if source is not None:
+                source.close()
+        self._uevents = self._links = None
+
+    async def _periodic(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.observer.events_received("periodic", 1)
+            try:
+                await self.refresh("periodic")
+            except Exception:  # the next round may fare better; never stop rescanning
+                log.exception("periodic_rescan_failed")
+
+    async def _watch_config(self, path: Path) -> None:
+        try:
+            await watch.FileWatcher(path, self.on_config_event).run()
+        except OSError as exc:
+            log.warning("config_watch_unavailable", config=str(path), error=str(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then clean up sockets and device-info files."""
@@ -164,7 +490,16 @@ class Daemon:
             plugin_dir=str(self.settings.device_plugin_path),
             sysfs_root=str(self.settings.sysfs_root),
         )
+        self._open_sources()
+        assert self.mode is not None
         registrar = asyncio.create_task(self.registrar.run(), name="registrar")
+        helpers = []
+        if self.mode.rescan_interval_s is not None:
+            periodic = self._periodic(self.mode.rescan_interval_s)
+            helpers.append(asyncio.create_task(periodic, name="periodic-rescan"))
+        if self.settings.config_path is not None:  # watching before the first scan: no gap
+            watcher = self._watch_config(self.settings.config_path)
+            helpers.append(asyncio.create_task(watcher, name="config-watch"))
         try:
             await self.refresh()
             self.registrar.poke()
@@ -174,9 +509,18 @@ class Daemon:
                 stopper.cancel()
                 registrar.result()  # re-raise what killed it
         finally:
-            registrar.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await registrar
+            self._close_sources()
+            tasks = [registrar, *helpers, *self._background]
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    try:
+                        await task
+                    except Exception:  # already raised above (registrar) or only logged now
+                        log.exception("task_failed", task=task.get_name())
+            for coalescer in (self._hotplug, self._link_updates, self._config_updates):
+                await coalescer.aclose()
             await self.shutdown()
 
     async def shutdown(self) -> None:

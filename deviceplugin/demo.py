@@ -52,6 +52,7 @@ def run_demo(log_level: str = "warning") -> int:
             "--device-plugin-path", str(plugin_dir),
             "--devinfo-dir", str(devinfo_dir),
             "--log-format", "console", "--log-level", log_level,
+            "--metrics-address", "127.0.0.1:0", "--cni-socket", "",
         ]  # fmt: skip
         with KubeletStandIn(plugin_dir) as kubelet:
             _step(f"kubelet stand-in listening on {kubelet.socket_path}; starting the daemon")

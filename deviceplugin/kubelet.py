@@ -129,6 +129,8 @@ class Registrar:
             self._last_kubelet = current
         next_check = SAFETY_RECHECK_S
         for server in list(self._servers()):
+            if server not in self._servers():
+                continue  # removed by a reload while we awaited a registration
             if not server.socket_alive():
                 server.log.warning("plugin_socket_removed_restarting")
                 await server.restart()

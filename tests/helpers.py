@@ -97,7 +97,10 @@ class DaemonProcess:
 
     def __init__(self, args: Sequence[str], netns: str | None = None) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
-        self.command = [*prefix, *NETDP, "run", "--log-format", "json", *args]
+        # Many daemons run side by side in the suite: no fixed metrics port, no shared
+        # CNI socket, unless a test asks for them (later flags win in argparse).
+        isolated = ["--metrics-address", "127.0.0.1:0", "--cni-socket", ""]
+        self.command = [*prefix, *NETDP, "run", "--log-format", "json", *isolated, *args]
         self.proc = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -155,3 +158,24 @@ class DaemonProcess:
 def run_netdp(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
     prefix = ["ip", "netns", "exec", netns] if netns else []
     return subprocess.run([*prefix, *NETDP, *args], capture_output=True, text=True, timeout=60)
+
+
+@contextmanager
+def in_netns(name: str) -> Iterator[None]:
+    """Run the calling thread inside namespace `name` (sockets made here stay there).
+
+    `setns` moves only the calling thread, and the original namespace is
+    entered again on the way out, even on failure.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    with open("/proc/thread-self/ns/net", "rb") as home, open(f"/run/netns/{name}", "rb") as ns:
+        if libc.setns(ns.fileno(), clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+        try:
+            yield
+        finally:
+            if libc.setns(home.fileno(), clone_newnet) != 0:
+                raise OSError(ctypes.get_errno(), "setns back")

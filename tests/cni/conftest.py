@@ -1,0 +1,30 @@
+"""Fixtures of the ehost-device tests; the machinery lives in `cnilab`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cnilab import Daemon, Lab
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("the CNI tests need root (network namespaces)")
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+@pytest.fixture
+def daemon(lab: Lab) -> Iterator[Daemon]:
+    d = Daemon(lab)
+    try:
+        yield d
+    finally:
+        d.stop()

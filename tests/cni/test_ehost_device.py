@@ -1,0 +1,634 @@
+"""ehost-device end to end: the installed shim run as the runtime runs it, real namespaces.
+
+Each scenario runs in daemon mode (the shim forwards to a CNI server) and in
+in-process mode (no server: the shim runs the executor itself). IPAM is the
+real host-local plugin with a per-test data dir.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cnilab import CNI_BIN, Daemon, Lab, link_state, ns_routes, sh
+
+from deviceplugin.cni import shim
+from deviceplugin.cni.install import install_shim, real_interpreter, shim_source
+from deviceplugin.sim.podresources import PodResourcesStandIn
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(params=["daemon", "inprocess"])
+def mode(request: pytest.FixtureRequest, lab: Lab) -> Iterator[str]:
+    """Run the test against a running CNI server, then with none."""
+    if request.param == "inprocess":
+        yield request.param
+        return
+    d = Daemon(lab)
+    try:
+        yield request.param
+    finally:
+        d.stop()
+
+
+def assert_untouched(name: str, before: dict) -> None:
+    """Same name, MAC, up flag, MTU and addresses as before, and no netdp alias left."""
+    assert link_state(name) == before
+    details = json.loads(sh("ip", "-j", "-d", "link", "show", "dev", name).stdout)[0]
+    assert not details.get("ifalias")
+
+
+def reservations(lab: Lab) -> list[str]:
+    net = lab.data_dir / "ehd-net"
+    if not net.exists():
+        return []
+    return sorted(p.name for p in net.iterdir() if p.name[0].isdigit())
+
+
+# ------------------------------------------------------------------ ADD / DEL / CHECK
+
+
+@pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
+def test_add_del_every_version(lab: Lab, mode: str, version: str) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    conf = lab.conf(version, deviceID=pci, mtu=1400)
+    code, result, err = lab.run("ADD", conf, pod)
+    assert code == 0, (result, err)
+    assert ("in-process" in err) == (mode == "inprocess")
+    assert result["cniVersion"] == version
+    assert result["interfaces"] == [
+        {"name": "net1", "mac": before["mac"], "sandbox": f"/run/netns/{pod}"}
+    ]
+    [ip] = result["ips"]
+    assert ip["address"] == "10.77.0.2/24" and ip["gateway"] == "10.77.0.1"
+    assert ("version" in ip) == version.startswith("0.")
+    state = link_state("net1", pod)
+    assert state == {
+        "name": "net1",
+        "mac": before["mac"],
+        "up": True,
+        "mtu": 1400,
+        "addresses": ["10.77.0.2/24"],
+    }
+    assert "10.78.0.0/16 via 10.77.0.1 dev net1" in ns_routes(pod)
+    assert link_state(name) is None
+    assert reservations(lab) == ["10.77.0.2"]
+
+    code, out, err = lab.run("DEL", conf, pod)
+    assert (code, out) == (0, None), err
+    assert_untouched(name, before)
+    assert reservations(lab) == []
+    # DEL again: nothing left to do, still success.
+    assert lab.run("DEL", conf, pod)[0] == 0
+    assert_untouched(name, before)
+
+
+def test_dual_stack(lab: Lab) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    conf = lab.conf(deviceID=pci)
+    conf["ipam"]["ranges"].append([{"subnet": "fd00:77::/64", "gateway": "fd00:77::1"}])
+    conf["ipam"]["routes"].append({"dst": "fd00:78::/48"})
+    d = Daemon(lab)
+    try:
+        code, result, err = lab.run("ADD", conf, pod)
+        assert code == 0, err
+        assert [ip["address"] for ip in result["ips"]] == ["10.77.0.2/24", "fd00:77::2/64"]
+        assert link_state("net1", pod)["addresses"] == ["10.77.0.2/24", "fd00:77::2/64"]
+        v6 = sh("ip", "-n", pod, "-6", "route", "show", "fd00:78::/48").stdout
+        assert "via fd00:77::1 dev net1" in v6
+        assert lab.run("CHECK", {**conf, "prevResult": result}, pod)[0] == 0
+        assert lab.run("DEL", conf, pod)[0] == 0
+    finally:
+        d.stop()
+    assert_untouched(name, before)
+
+
+def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
+    """1.1.0 with an IPAM that speaks it: same env and stdin as libcni gives a delegate."""
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    cni_path, calls = lab.recording_ipam()
+    conf = lab.conf("1.1.0", deviceID=pci)
+    conf["ipam"] = {"type": "recording-ipam", "anything": [1, 2]}
+    stdin = json.dumps(conf).encode()
+    env = {"CNI_PATH": cni_path, "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web"}
+    code, result, err = lab.run("ADD", stdin, pod, env=env)
+    assert code == 0, err
+    assert result["ips"] == [{"interface": 0, "address": "10.77.0.2/24", "gateway": "10.77.0.1"}]
+    assert result["dns"] == {"nameservers": ["10.77.0.1"]}
+    assert link_state("net1", pod)["addresses"] == ["10.77.0.2/24"]
+    assert lab.run("DEL", stdin, pod, env=env)[0] == 0
+    assert_untouched(name, before)
+    logged = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [c["env"]["CNI_COMMAND"] for c in logged] == ["ADD", "DEL"]
+    for call in logged:
+        assert call["stdin"] == stdin.decode()
+        assert call["env"] == {
+            "CNI_COMMAND": call["env"]["CNI_COMMAND"],
+            "CNI_CONTAINERID": "c1",
+            "CNI_NETNS": f"/run/netns/{pod}",
+            "CNI_IFNAME": "net1",
+            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web",
+            "CNI_PATH": cni_path,
+        }
+
+
+@pytest.mark.parametrize("selector", ["device", "hwaddr", "pciBusID", "runtimeConfig"])
+def test_device_selectors(lab: Lab, selector: str) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    extra = {
+        "device": {"device": name},
+        "hwaddr": {"hwaddr": before["mac"].upper()},
+        "pciBusID": {"pciBusID": pci},
+        "runtimeConfig": {"runtimeConfig": {"deviceID": pci}},
+    }[selector]
+    conf = lab.conf(ipam=False, **extra)
+    code, result, err = lab.run("ADD", conf, pod, ifname="eth7")
+    assert code == 0, err
+    assert "ips" not in result
+    assert link_state("eth7", pod)["up"] is True
+    assert lab.run("DEL", conf, pod, ifname="eth7")[0] == 0
+    assert_untouched(name, before)
+
+
+def test_check(lab: Lab, mode: str) -> None:
+    pci, _ = lab.nic()
+    pod = lab.netns("pod")
+    conf = lab.conf(deviceID=pci)
+    code, result, _ = lab.run("ADD", conf, pod)
+    assert code == 0
+    checked = {**conf, "prevResult": result}
+    code, out, err = lab.run("CHECK", checked, pod)
+    assert (code, out) == (0, None), err
+    sh("ip", "-n", pod, "addr", "flush", "dev", "net1")
+    code, out, _ = lab.run("CHECK", checked, pod)
+    assert code == 1 and "10.77.0.2/24" in out["msg"]
+    assert lab.run("DEL", conf, pod)[0] == 0
+
+
+def test_version(lab: Lab, mode: str) -> None:
+    code, out, _ = lab.run("VERSION", b'{"cniVersion": "1.1.0"}', None)
+    assert code == 0
+    assert out == {
+        "cniVersion": "1.1.0",
+        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+    }
+
+
+def test_status(lab: Lab, mode: str) -> None:
+    code, out, _ = lab.run("STATUS", lab.conf("1.1.0"), None)
+    assert (code, out) == (0, None)
+    broken = lab.conf("1.1.0")
+    broken["ipam"]["type"] = "no-such-ipam"
+    code, out, _ = lab.run("STATUS", broken, None)
+    assert code == 1 and out["code"] == 50
+    code, out, _ = lab.run("STATUS", lab.conf("1.0.0"), None)
+    assert code == 1 and out["code"] == 1
+
+
+def test_devinfo_file(lab: Lab, mode: str) -> None:
+    pci, _ = lab.nic()
+    pod = lab.netns("pod")
+    path = lab.tmp / "devinfo" / "cni" / "ehd-net-c1-net1-device.json"
+    conf = lab.conf(deviceID=pci, runtimeConfig={"CNIDeviceInfoFile": str(path)})
+    assert lab.run("ADD", conf, pod)[0] == 0
+    assert json.loads(path.read_text()) == {
+        "type": "pci",
+        "version": "1.1.0",
+        "pci": {"pci-address": pci},
+    }
+    assert lab.run("DEL", conf, pod)[0] == 0
+    assert not path.exists()
+
+
+# ------------------------------------------------------------------ differential
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
+def test_same_as_go_host_device(lab: Lab, version: str) -> None:
+    """Same device, same host-local config: same result, same pod state, same host after DEL."""
+    d = Daemon(lab)
+    try:
+        _, name = lab.nic()
+        before = link_state(name)
+        pod = lab.netns("pod")
+        outcomes = {}
+        for plugin in ("host-device", "ehost-device"):
+            conf = lab.conf(version, device=name)
+            conf["ipam"]["dataDir"] = str(lab.tmp / f"ipam-{plugin}")
+            binary = f"{CNI_BIN}/host-device" if plugin == "host-device" else None
+            code, result, err = lab.run("ADD", conf, pod, plugin=binary)
+            assert code == 0, (plugin, err)
+            in_pod = (link_state("net1", pod), ns_routes(pod))
+            code, out, err = lab.run("DEL", conf, pod, plugin=binary)
+            assert code == 0, (plugin, out, err)
+            outcomes[plugin] = (result, in_pod, link_state(name))
+        assert outcomes["ehost-device"] == outcomes["host-device"]
+        assert outcomes["host-device"][2] == before
+    finally:
+        d.stop()
+
+
+# ------------------------------------------------------------------ failure paths
+
+
+def _bad_ipam_conf(lab: Lab, pci: str, how: str) -> dict:
+    conf = lab.conf(deviceID=pci)
+    if how == "missing-plugin":
+        conf["ipam"]["type"] = "no-such-ipam"
+    elif how == "ipam-error":
+        conf["ipam"]["ranges"] = [[{"subnet": "10.77.0.0/33"}]]
+    elif how == "unroutable":
+        # IPAM succeeds, then the kernel refuses the route: the lease must be released too.
+        conf["ipam"]["routes"] = [{"dst": "10.78.0.0/16", "gw": "192.0.2.1"}]
+    return conf
+
+
+@pytest.mark.parametrize("how", ["missing-plugin", "ipam-error", "unroutable"])
+def test_failure_after_move_rolls_back(lab: Lab, mode: str, how: str) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    code, out, _ = lab.run("ADD", _bad_ipam_conf(lab, pci, how), pod)
+    assert code == 1 and out["code"] in (104, 105), out
+    assert_untouched(name, before)
+    assert link_state("net1", pod) is None
+    assert reservations(lab) == []
+
+
+def test_running_device_comes_back_running(lab: Lab, mode: str) -> None:
+    pci, name = lab.nic()
+    sh("ip", "link", "set", name, "up")
+    before = link_state(name)
+    assert before["up"]
+    pod = lab.netns("pod")
+    code, out, _ = lab.run("ADD", _bad_ipam_conf(lab, pci, "ipam-error"), pod)
+    assert code == 1 and out["code"] == 104
+    assert_untouched(name, before)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_code"),
+    [("no-netns", 3), ("no-device", 100), ("bad-json", 6), ("old-version", 1), ("taken-ifname", 7)],
+)
+def test_refusals_leave_device_alone(lab: Lab, mode: str, case: str, expected_code: int) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    conf: dict | bytes = lab.conf(deviceID=pci)
+    netns = pod
+    if case == "no-netns":
+        netns = f"{pod}-gone"
+    elif case == "no-device":
+        conf = lab.conf(deviceID="0000:00:7f.0")
+    elif case == "bad-json":
+        conf = b'{"cniVersion": "1.0.0", '
+    elif case == "old-version":
+        conf = lab.conf("0.2.0", deviceID=pci)
+    elif case == "taken-ifname":
+        sh("ip", "-n", pod, "link", "add", "net1", "type", "veth", "peer", "name", "other")
+    code, out, _ = lab.run("ADD", conf, netns)
+    assert code == 1 and out["code"] == expected_code, out
+    assert {"code", "msg"} <= set(out)
+    assert_untouched(name, before)
+    assert reservations(lab) == []
+
+
+def test_device_in_use(lab: Lab, mode: str) -> None:
+    pci, name = lab.nic()
+    pod_a, pod_b = lab.netns("a"), lab.netns("b")
+    conf = lab.conf(deviceID=pci)
+    assert lab.run("ADD", conf, pod_a, cid="a")[0] == 0
+    lab.fake.move_netdev_out(pci)  # what the kernel's sysfs shows once the NIC is in a pod
+    code, out, _ = lab.run("ADD", conf, pod_b, cid="b")
+    assert code == 1 and out["code"] == 101
+    assert link_state("net1", pod_a)["addresses"] == ["10.77.0.2/24"]
+    assert link_state("net1", pod_b) is None
+    assert lab.run("DEL", conf, pod_b, cid="b")[0] == 0  # DEL of the failed ADD touches nothing
+    assert link_state("net1", pod_a) is not None
+    assert lab.run("DEL", conf, pod_a, cid="a")[0] == 0
+    assert link_state(name) is not None
+
+
+def test_two_adds_one_device_race(lab: Lab, mode: str) -> None:
+    pci, name = lab.nic()
+    pods = [lab.netns(f"r{i}") for i in range(2)]
+    conf = lab.conf(deviceID=pci)
+    results: dict[int, tuple] = {}
+
+    def add(i: int) -> None:
+        results[i] = lab.run("ADD", conf, pods[i], cid=f"r{i}")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(r[0] for r in results.values())
+    assert codes == [0, 1], results
+    loser = next(i for i, r in results.items() if r[0] == 1)
+    assert results[loser][1]["code"] == 101
+    winner = 1 - loser
+    assert link_state("net1", pods[winner]) is not None
+    assert link_state("net1", pods[loser]) is None
+    assert reservations(lab) == ["10.77.0.2"]
+    assert lab.run("DEL", conf, pods[winner], cid=f"r{winner}")[0] == 0
+    assert link_state(name) is not None
+
+
+def test_parallel_adds_different_devices(lab: Lab, mode: str) -> None:
+    nics = [lab.nic() for _ in range(4)]
+    pods = [lab.netns(f"p{i}") for i in range(4)]
+    results: dict[int, tuple] = {}
+
+    def add(i: int) -> None:
+        results[i] = lab.run("ADD", lab.conf(deviceID=nics[i][0]), pods[i], cid=f"p{i}")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r[0] == 0 for r in results.values()), results
+    addresses = {r[1]["ips"][0]["address"] for r in results.values()}
+    assert len(addresses) == 4
+    for i, (_, name) in enumerate(nics):
+        assert lab.run("DEL", lab.conf(deviceID=nics[i][0]), pods[i], cid=f"p{i}")[0] == 0
+        assert link_state(name) is not None
+
+
+# ------------------------------------------------------------------ namespace gone
+
+
+def _kernel_returns_device(lab: Lab, pod: str, ifname: str, pci: str) -> None:
+    """What the kernel does to a physical NIC when its pod's namespace dies.
+
+    A veth would be destroyed with the namespace, so the test moves it back to
+    the host under its pod name first, then deletes the namespace.
+    """
+    sh("ip", "-n", pod, "link", "set", ifname, "down")
+    sh("ip", "-n", pod, "link", "set", ifname, "netns", str(os.getpid()))
+    sh("ip", "netns", "del", pod)
+    lab.fake.return_netdev(pci, ifname)
+
+
+@pytest.mark.parametrize("command", ["DEL", "GC"])
+def test_namespace_gone(lab: Lab, mode: str, command: str) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    ifname = f"p{lab.suffix}"
+    cni_path, _ = lab.recording_ipam()
+    conf = lab.conf("1.1.0", deviceID=pci, mtu=1300)
+    conf["ipam"] = {"type": "recording-ipam"}
+    env = {"CNI_PATH": cni_path}
+    assert lab.run("ADD", conf, pod, ifname=ifname, env=env)[0] == 0
+    lab.fake.move_netdev_out(pci)
+    _kernel_returns_device(lab, pod, ifname, pci)
+    assert link_state(ifname)["mtu"] == 1300
+    code, out, err = lab.run(command, conf, pod, ifname=ifname, env=env)
+    assert (code, out) == (0, None), err
+    assert_untouched(name, before)
+
+
+def test_host_name_taken_at_del(lab: Lab, mode: str) -> None:
+    """DEL cannot rename back while the name is taken; a later DEL finishes the job."""
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    ifname = f"q{lab.suffix}"
+    conf = lab.conf(deviceID=pci, mtu=1400)
+    assert lab.run("ADD", conf, pod, ifname=ifname)[0] == 0
+    blocker = f"ez{lab.suffix}"
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", blocker)
+    lab.fake.move_netdev_out(pci)
+    try:
+        code, out, err = lab.run("DEL", conf, pod, ifname=ifname)
+        assert (code, out) == (0, None), err
+        assert link_state(ifname) is not None  # on the host, under its pod name
+        assert link_state(ifname, pod) is None
+        lab.fake.return_netdev(pci, ifname)
+    finally:
+        sh("ip", "link", "del", blocker)
+    assert lab.run("DEL", conf, pod, ifname=ifname)[0] == 0
+    assert_untouched(name, before)
+
+
+# ------------------------------------------------------------------ safety
+
+
+def test_default_route_device_refused(lab: Lab) -> None:
+    """The executor runs in a namespace whose default route leaves through our veth."""
+    node = lab.netns("node")
+    uplink = f"eu{lab.suffix}"
+    sh("ip", "link", "add", uplink, "type", "veth", "peer", "name", f"eq{lab.suffix}")
+    sh("ip", "link", "set", f"eq{lab.suffix}", "netns", lab.peer_ns)
+    sh("ip", "link", "set", uplink, "netns", node)
+    sh("ip", "-n", node, "addr", "add", "10.99.0.2/24", "dev", uplink)
+    sh("ip", "-n", node, "link", "set", uplink, "up")
+    sh("ip", "-n", node, "route", "add", "default", "via", "10.99.0.1")
+    pci = lab.fake.add_virtio_nic("0000:00:1f.0", uplink)
+    pod = lab.netns("pod")
+    before = link_state(uplink, node)
+    conf = lab.conf(deviceID=pci)
+
+    d = Daemon(lab, netns=node)
+    try:
+        code, out, _ = lab.run("ADD", conf, pod)
+    finally:
+        d.stop()
+    assert code == 1 and out["code"] == 102, out
+    assert link_state(uplink, node) == before
+
+    proc = subprocess.run(
+        ["ip", "netns", "exec", node, str(lab.shim)],
+        input=json.dumps(conf).encode(),
+        env=lab.env("ADD", pod),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 102
+    assert link_state(uplink, node) == before
+    assert reservations(lab) == []
+
+
+@pytest.fixture
+def podresources(lab: Lab) -> Iterator[PodResourcesStandIn]:
+    with PodResourcesStandIn(lab.tmp / "kubelet.sock") as standin:
+        yield standin
+
+
+def test_resource_name(lab: Lab, podresources: PodResourcesStandIn, mode: str) -> None:
+    (pci_a, name_a), (pci_b, name_b) = lab.nic(), lab.nic()
+    podresources.set_pod("default", "web", {"app": {"netdp.io/virtio": [pci_b]}})
+    pod = lab.netns("pod")
+    env = {
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
+        "NETDP_POD_RESOURCES_SOCKET": str(podresources.socket_path),
+    }
+    before_a = link_state(name_a)
+    refused = lab.conf(deviceID=pci_a, resourceName="netdp.io/virtio")
+    code, out, _ = lab.run("ADD", refused, pod, env=env)
+    assert code == 1 and out["code"] == 103, out
+    assert_untouched(name_a, before_a)
+
+    picked = lab.conf(resourceName="netdp.io/virtio")
+    code, result, err = lab.run("ADD", picked, pod, env=env)
+    assert code == 0, err
+    assert result["interfaces"][0]["mac"] == link_state("net1", pod)["mac"]
+    assert link_state(name_b) is None
+    assert lab.run("DEL", picked, pod, env=env)[0] == 0
+    assert link_state(name_b) is not None
+
+
+@pytest.mark.parametrize(
+    ("cni_args", "socket", "expected_code"),
+    [
+        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web", "missing.sock", 106),
+        ("IgnoreUnknown=1", "kubelet.sock", 4),
+    ],
+)
+def test_resource_name_lookup_failures(
+    lab: Lab, mode: str, cni_args: str, socket: str, expected_code: int
+) -> None:
+    pci, name = lab.nic()
+    before = link_state(name)
+    env = {"CNI_ARGS": cni_args, "NETDP_POD_RESOURCES_SOCKET": str(lab.tmp / socket)}
+    conf = lab.conf(deviceID=pci, resourceName="netdp.io/virtio")
+    code, out, _ = lab.run("ADD", conf, lab.netns("pod"), env=env)
+    assert code == 1 and out["code"] == expected_code, out
+    assert_untouched(name, before)
+
+
+# ------------------------------------------------------------------ daemon lifecycle
+
+
+def test_daemon_dies_mid_add(lab: Lab) -> None:
+    """Killed while IPAM runs: the shim rolls back in-process and says try again."""
+    pci, name = lab.nic()
+    before = link_state(name)
+    pod = lab.netns("pod")
+    bin_dir = lab.tmp / "slowbin"
+    bin_dir.mkdir()
+    marker = lab.tmp / "ipam-started"
+    slow = bin_dir / "slow-ipam"
+    slow.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$CNI_COMMAND" = ADD ]; then touch {marker}; sleep 30; fi\n'
+        f"echo DEL >> {lab.tmp / 'ipam-dels'}\n"
+    )
+    slow.chmod(0o755)
+    conf = lab.conf(deviceID=pci)
+    conf["ipam"] = {"type": "slow-ipam"}
+    d = Daemon(lab)
+    try:
+        env = {**lab.env("ADD", pod), "CNI_PATH": f"{bin_dir}:{CNI_BIN}"}
+        stdin = lab.tmp / "stdin.json"
+        stdin.write_text(json.dumps(conf))
+        with stdin.open("rb") as f:
+            proc = subprocess.Popen(
+                [str(lab.shim)], stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+        deadline = time.monotonic() + 20
+        while not marker.exists():
+            assert time.monotonic() < deadline, "IPAM never started"
+            time.sleep(0.01)
+        assert link_state("net1", pod) is not None  # mid-call: the NIC is in the pod
+        d.kill()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        d.stop()
+    assert proc.returncode == 1
+    assert json.loads(out)["code"] == 11
+    assert b"finishing in-process" in err
+    assert_untouched(name, before)
+    assert (lab.tmp / "ipam-dels").read_text() == "DEL\n"
+
+
+def test_stale_socket_falls_back(lab: Lab) -> None:
+    """A socket file left by a dead daemon: connection refused, in-process instead."""
+    pci, name = lab.nic()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(lab.socket))
+    s.close()
+    pod = lab.netns("pod")
+    code, _, err = lab.run("ADD", lab.conf(deviceID=pci), pod)
+    assert code == 0 and "running in-process" in err
+    assert lab.run("DEL", lab.conf(deviceID=pci), pod)[0] == 0
+    assert link_state(name) is not None
+
+
+# ------------------------------------------------------------------ installation
+
+
+def test_installed_shim(tmp_path: Path) -> None:
+    path = install_shim(tmp_path / "bin")
+    first = path.read_text().splitlines()[0]
+    interpreter = first[2:].split()[0]
+    assert interpreter == os.path.realpath(interpreter)
+    assert "/shims/" not in interpreter
+    assert os.access(path, os.X_OK)
+    assert real_interpreter("/usr/bin/python3") == "/usr/bin/python3"  # a symlink, kept
+    assert real_interpreter("/opt/node-only/python3") == "/opt/node-only/python3"
+    for wrapper in ("/root/.pyenv/shims/python3", __file__):
+        with pytest.raises(ValueError):
+            real_interpreter(wrapper)
+
+
+def test_fallback_without_package_says_so(lab: Lab) -> None:
+    """A node without netdp installed and no daemon: a clear "try again later"."""
+    lone = lab.tmp / "lone-ehost-device"
+    # Debian's python3.11: no deviceplugin, no pyroute2 (the one running tests may have both).
+    lone.write_text(shim_source("/usr/bin/python3.11", None))
+    lone.chmod(0o755)
+    pci, name = lab.nic()
+    code, out, err = lab.run("ADD", lab.conf(deviceID=pci), lab.netns("pod"), plugin=str(lone))
+    assert code == 1 and out["code"] == 11
+    assert "not installed" in out["msg"] and "running in-process" in err
+    assert link_state(name) is not None
+
+
+def test_shim_imports_only_stdlib_basics() -> None:
+    """Top-level imports of the shim: os and sys; the rest is lazy, per path."""
+    tree = ast.parse(Path(shim.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    assert sorted(a.name for n in top for a in n.names) == ["os", "sys"]
+
+
+def test_shim_fast_path_loads_no_third_party(lab: Lab, daemon: Daemon) -> None:
+    probe = lab.tmp / "probe.py"
+    probe.write_text(
+        lab.shim.read_text()
+        .split("\n", 1)[1]
+        .replace(
+            "    sys.stderr.flush()\n",
+            "    sys.stderr.write(' '.join(sorted(sys.modules)))\n    sys.stderr.flush()\n",
+        )
+    )
+    proc = subprocess.run(
+        [real_interpreter(), "-SE", str(probe)],
+        input=b'{"cniVersion":"1.1.0"}',
+        env=lab.env("VERSION", None),
+        capture_output=True,
+        timeout=30,
+    )
+    modules = proc.stderr.decode().split()
+    assert "_socket" in modules
+    for heavy in ("json", "socket", "pyroute2", "grpc", "deviceplugin", "structlog", "re"):
+        assert heavy not in modules

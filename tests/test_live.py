@@ -1,0 +1,427 @@
+"""The real `netdp run` following a changing node: link state, hot-plug, config reload.
+
+Link-state tests run the daemon in a node namespace whose fake sysfs names
+real veth ends; the test toggles the peer ends in another namespace, so the
+kernel really drops the carrier. Hot-plug tests rewrite the fake sysfs and
+then make the kernel emit real uevents (writing to a netdev's `uevent` file
+inside the node namespace). Reload tests edit the config file on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import DaemonProcess, is_root, make_node_netns, namespaces, run_netdp, sh
+
+from deviceplugin import watch
+from deviceplugin.config import load_config
+from deviceplugin.daemon import Daemon, DaemonObserver, Settings
+from deviceplugin.diff import NodeState
+from deviceplugin.model import Health
+from deviceplugin.sim.fakesysfs import FakeSysfs, tmpfs_tempdir, virtio_lab
+from deviceplugin.sim.kubelet import KubeletStandIn, Snapshot
+from deviceplugin.watch import Uevent
+
+VIRT = "kernel.org/virt"
+NIC1, NIC2 = "0000:01:00.0", "0000:02:00.0"
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root for network namespaces")
+
+
+class Node:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sysfs = root / "sys"
+        self.plugins = root / "dp"
+        self.devinfo = root / "devinfo"
+        self.plugins.mkdir()
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--sysfs-root", str(self.sysfs),
+            "--device-plugin-path", str(self.plugins),
+            "--devinfo-dir", str(self.devinfo),
+            *extra,
+        ]  # fmt: skip
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    with tmpfs_tempdir("ndl-") as root:
+        yield Node(root)
+
+
+@pytest.fixture
+def kubelet(node: Node) -> Iterator[KubeletStandIn]:
+    with KubeletStandIn(node.plugins) as k:
+        yield k
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.kill()
+        print(f"--- daemon log ({' '.join(d.command)}):\n{d.log_text()}")  # shown on failure
+
+
+def start(daemons: list[DaemonProcess], node: Node, *extra: str, netns: str | None = None):
+    d = DaemonProcess(node.args(*extra), netns=netns)
+    daemons.append(d)
+    return d
+
+
+def health_of(snap: Snapshot) -> dict[str, str]:
+    return {i: v.health for i, v in snap.devices.items()}
+
+
+def events(d: DaemonProcess, name: str) -> list[dict]:
+    return [e for e in list(d.events) if e.get("event") == name]
+
+
+def uevents(ns: str, netdev: str, count: int, action: str = "change") -> None:
+    """`count` real kernel uevents for `netdev`, as fast as a shell loop writes them."""
+    write = f"echo {action} > /sys/class/net/{netdev}/uevent"
+    script = f"i=0; while [ $i -lt {count} ]; do {write}; i=$((i+1)); done"
+    sh("ip", "netns", "exec", ns, "sh", "-c", script)
+
+
+def write_config(path: Path, resources: list[dict]) -> None:
+    """Write-then-rename, as editors and config management do."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"resourceList": resources}))
+    tmp.rename(path)
+
+
+VIRT_POOL = {
+    "resourceName": "virt",
+    "resourcePrefix": "kernel.org",
+    "selectors": {"vendors": ["1af4"]},
+}
+
+
+# --- link state --------------------------------------------------------------------
+
+
+@needs_root
+def test_link_down_and_up_reaches_the_kubelet(node, kubelet, daemons) -> None:
+    with namespaces() as nss:
+        net = make_node_netns(nss, extra=2)
+        world = net.ns.replace("-node-", "-world-")
+        peers = [f"w{i}{nss.tag}" for i in range(2)]
+        for name, peer in zip(net.extra, peers, strict=True):
+            sh("ip", "-n", net.ns, "link", "set", name, "up")
+            sh("ip", "-n", world, "link", "set", peer, "up")
+        virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
+        d = start(daemons, node, netns=net.ns)
+        conn = kubelet.wait_registered(VIRT, timeout=10)
+        healthy = {NIC1: "Healthy", NIC2: "Healthy"}
+        first = conn.wait_snapshot(lambda s: health_of(s) == healthy, timeout=10)
+        mode = d.wait_event("live_updates")
+        assert mode["netlink"] and mode["rescan_interval_s"] is None
+
+        sh("ip", "-n", world, "link", "set", peers[0], "down")
+        down = conn.wait_snapshot(
+            lambda s: health_of(s) == {NIC1: "Unhealthy", NIC2: "Healthy"}, newer_than=first
+        )
+        change = d.wait_event("device_health_changed")
+        assert (change["device"], change["pool"], change["health"]) == (NIC1, VIRT, "Unhealthy")
+        assert change["netdev"] == net.extra[0] and "no carrier" in change["reason"]
+
+        sh("ip", "-n", world, "link", "set", peers[0], "up")
+        conn.wait_snapshot(lambda s: health_of(s) == healthy, newer_than=down)
+        assert len(events(d, "device_health_changed")) == 2
+
+        # admin-down on the node side: not configured, still usable, no new snapshot
+        count = len(conn.snapshots)
+        sh("ip", "-n", net.ns, "link", "set", net.extra[1], "down")
+        time.sleep(0.3)
+        assert len(conn.snapshots) == count
+        assert events(d, "discovery_done")[-1]["trigger"] == "start"  # no sysfs rescans
+        d.kill()
+
+
+@needs_root
+def test_pf_link_loss_marks_vfs_per_pool_option(node, kubelet, daemons, tmp_path) -> None:
+    with namespaces() as nss:
+        net = make_node_netns(nss, extra=1)
+        world = net.ns.replace("-node-", "-world-")
+        pf_netdev, peer = net.extra[0], f"w0{nss.tag}"
+        sh("ip", "-n", net.ns, "link", "set", pf_netdev, "up")
+        sh("ip", "-n", world, "link", "set", peer, "up")
+        fs = FakeSysfs(node.sysfs)
+        pf = fs.add_pf("0000:05:00.0", netdev=pf_netdev, total_vfs=4)
+        vfs = fs.set_num_vfs(pf, 2)
+        config = tmp_path / "config.json"
+        write_config(
+            config,
+            [
+                {"resourceName": "strict", "selectors": {"pfNames": [f"{pf_netdev}#0"]}},
+                {
+                    "resourceName": "lenient",
+                    "pfLinkHealth": False,
+                    "selectors": {"pfNames": [f"{pf_netdev}#1"]},
+                },
+            ],
+        )
+        start(daemons, node, "--config", str(config), netns=net.ns)
+        strict = kubelet.wait_registered("intel.com/strict", timeout=10)
+        lenient = kubelet.wait_registered("intel.com/lenient", timeout=10)
+        strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Healthy"})
+        lenient.wait_snapshot(lambda s: health_of(s) == {vfs[1]: "Healthy"})
+        count = len(lenient.snapshots)
+
+        sh("ip", "-n", world, "link", "set", peer, "down")
+        strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Unhealthy"})
+        sh("ip", "-n", world, "link", "set", peer, "up")
+        strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Healthy"})
+        assert len(lenient.snapshots) == count
+
+
+# --- hot-plug ----------------------------------------------------------------------
+
+
+@needs_root
+def test_vf_burst_is_one_rescan_and_one_snapshot(node, kubelet, daemons, tmp_path) -> None:
+    with namespaces() as nss:
+        net = make_node_netns(nss, extra=1)
+        trigger = net.extra[0]
+        fs = virtio_lab(node.sysfs, [trigger], primary_netdev=net.uplink)
+        pf = fs.add_pf("0000:40:00.0", netdev="ens40f0", total_vfs=64)
+        config = tmp_path / "config.json"
+        vf_pool = {"resourceName": "vf", "selectors": {"pfNames": ["ens40f0"]}}
+        write_config(config, [vf_pool, VIRT_POOL])
+        d = start(daemons, node, "--config", str(config), netns=net.ns)
+        sriov = kubelet.wait_registered("intel.com/vf", timeout=10)
+        virt = kubelet.wait_registered(VIRT, timeout=10)
+        first = sriov.wait_snapshot(lambda s: set(s.devices) == {pf})
+        virt.wait_snapshot(lambda s: set(s.devices) == {NIC1})
+        virt_count = len(virt.snapshots)
+
+        vfs = fs.set_num_vfs(pf, 64)
+        uevents(net.ns, trigger, 64, "add")
+        burst = sriov.wait_snapshot(lambda s: set(s.devices) == set(vfs), newer_than=first)
+        time.sleep(0.5)  # well past the quiet window: nothing else may follow
+        assert sriov.snapshots[-1] is burst
+        assert sriov.snapshots.index(burst) == sriov.snapshots.index(first) + 1
+        rescans = [e for e in events(d, "discovery_done") if e["trigger"] == "uevent"]
+        assert len(rescans) == 1 and rescans[0]["events"] == 64
+        assert rescans[0]["changed_pools"] == ["intel.com/vf"]
+        assert len(virt.snapshots) == virt_count  # the other pool did not change
+        added = [e for e in events(d, "device_added") if e["pool"] == "intel.com/vf"]
+        assert len(added) == 65  # the PF at start, then each VF once
+        assert d.wait_event("device_excluded", where=lambda e: e["device"] == pf)
+
+        fs.set_num_vfs(pf, 0)
+        uevents(net.ns, trigger, 64, "remove")
+        sriov.wait_snapshot(lambda s: set(s.devices) == {pf}, newer_than=burst)
+        assert len([e for e in events(d, "device_removed") if e["device"] in vfs]) == 64
+
+
+@needs_root
+def test_unplug_and_driver_unbind(node, kubelet, daemons) -> None:
+    with namespaces() as nss:
+        net = make_node_netns(nss, extra=2)
+        fs = virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
+        start(daemons, node, netns=net.ns)
+        conn = kubelet.wait_registered(VIRT, timeout=10)
+        snap = conn.wait_snapshot(lambda s: set(s.devices) == {NIC1, NIC2})
+        fs.bind(NIC2, None)  # driver unbound: kept, but Unhealthy
+        uevents(net.ns, net.extra[0], 1)
+        snap = conn.wait_snapshot(
+            lambda s: health_of(s) == {NIC1: "Healthy", NIC2: "Unhealthy"}, newer_than=snap
+        )
+        fs.remove(NIC1)
+        uevents(net.ns, net.extra[0], 1)  # a netdev the daemon knows: relevant
+        conn.wait_snapshot(lambda s: set(s.devices) == {NIC2}, newer_than=snap)
+
+
+# --- config reload -----------------------------------------------------------------
+
+
+def test_reload_valid_invalid_and_pool_removal(node, kubelet, daemons, tmp_path) -> None:
+    virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
+    config = tmp_path / "config.json"
+    write_config(config, [VIRT_POOL])
+    d = start(daemons, node, "--config", str(config))
+    virt = kubelet.wait_registered(VIRT, timeout=10)
+    snap = virt.wait_snapshot(lambda s: len(s.devices) == 3)
+
+    # a new pool takes NIC2 away from virt: announced in both
+    other = {**VIRT_POOL, "resourceName": "other", "selectors": {"pciAddresses": [NIC2]}}
+    write_config(config, [other, VIRT_POOL])
+    moved = d.wait_event("config_reloaded")
+    assert moved["added"] == ["kernel.org/other"] and moved["trigger"] == "config-file"
+    conn_other = kubelet.wait_registered("kernel.org/other", timeout=5)
+    conn_other.wait_snapshot(lambda s: set(s.devices) == {NIC2})
+    snap = virt.wait_snapshot(lambda s: NIC2 not in s.devices and len(s.devices) == 2)
+    added = d.wait_event("device_added", where=lambda e: e["pool"] == "kernel.org/other")
+    assert (added["device"], added["previous"]) == (NIC2, VIRT)
+
+    # invalid: the same message as at start, and everything keeps running
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"resourceList": [{"resourceName": "Bad Name!"}]}))
+    at_start = run_netdp("config", "check", str(bad)).stderr.strip()
+    config.write_text(bad.read_text())
+    failed = d.wait_event("config_reload_failed")
+    assert failed["error"].replace(str(config), str(bad)) in at_start
+    assert "resourceList[0].resourceName" in failed["error"]
+    time.sleep(0.3)
+    assert conn_other.stream_end is None and virt.stream_end is None
+    assert kubelet.connections.keys() == {VIRT, "kernel.org/other"}
+
+    # pool removed: its socket goes away and the kubelet's stream ends
+    write_config(config, [VIRT_POOL])
+    assert conn_other.wait_stream_end(timeout=5) is not None
+    assert not (node.plugins / "netdp-kernel.org_other.sock").exists()
+    assert d.wait_event("pool_removed")["pool"] == "kernel.org/other"
+    virt.wait_snapshot(lambda s: len(s.devices) == 3, newer_than=snap)
+    assert sorted(p.name for p in node.plugins.iterdir()) == [
+        "kubelet.sock",
+        "netdp-kernel.org_virt.sock",
+    ]
+
+
+def test_configmap_symlink_swap_is_a_reload(node, kubelet, daemons, tmp_path) -> None:
+    """The kubelet updates a ConfigMap volume by renaming a new `..data` symlink into place."""
+    virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
+    volume = tmp_path / "cm"
+    volume.mkdir()
+
+    def publish(version: str, resources: list[dict]) -> None:
+        data = volume / version
+        data.mkdir()
+        (data / "config.json").write_text(json.dumps({"resourceList": resources}))
+        os.symlink(version, volume / "..data_tmp")
+        os.rename(volume / "..data_tmp", volume / "..data")
+
+    publish("..v1", [VIRT_POOL])
+    (volume / "config.json").symlink_to("..data/config.json")
+    d = start(daemons, node, "--config", str(volume / "config.json"))
+    virt = kubelet.wait_registered(VIRT, timeout=10)
+    virt.wait_snapshot(lambda s: len(s.devices) == 3)
+
+    narrow = {**VIRT_POOL, "selectors": {"pciAddresses": [NIC1]}}
+    publish("..v2", [narrow])
+    virt.wait_snapshot(lambda s: set(s.devices) == {NIC1})
+    assert d.wait_event("config_reloaded")["trigger"] == "config-file"
+
+
+def test_sighup_rereads_config_and_rescans(node, kubelet, daemons, tmp_path) -> None:
+    fs = virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
+    d = start(daemons, node)  # the built-in config: nothing to re-read, still a rescan
+    virt = kubelet.wait_registered(VIRT, timeout=10)
+    snap = virt.wait_snapshot(lambda s: len(s.devices) == 2)
+    fs.add_virtio_nic("0000:09:00.0", "ndpnew")  # a fake sysfs change: no uevent
+    d.proc.send_signal(signal.SIGHUP)
+    virt.wait_snapshot(lambda s: "0000:09:00.0" in s.devices, newer_than=snap)
+    assert d.wait_event("discovery_done", where=lambda e: e["trigger"] == "sighup")
+    code, _ = d.stop()
+    assert code == 0
+
+
+def test_periodic_fallback(node, kubelet, daemons) -> None:
+    fs = virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
+    d = start(daemons, node, "--watch", "periodic", "--rescan-interval", "0.2")
+    mode = d.wait_event("live_updates")
+    assert mode["rescan_interval_s"] == 0.2 and not mode["netlink"] and mode["uevents"] is None
+    assert "periodic rescan every 0.2 s" in mode["mode"]
+    virt = kubelet.wait_registered(VIRT, timeout=10)
+    snap = virt.wait_snapshot(lambda s: len(s.devices) == 2)
+    fs.add_virtio_nic("0000:09:00.0", "ndpnew")
+    virt.wait_snapshot(lambda s: "0000:09:00.0" in s.devices, newer_than=snap, timeout=3)
+    fs.set_link("ndpnew", operstate="lowerlayerdown", carrier=False)  # health from sysfs
+    virt.wait_snapshot(lambda s: s.devices["0000:09:00.0"].health == "Unhealthy", timeout=3)
+
+
+def test_list_says_which_mode(node) -> None:
+    virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
+    table = run_netdp("list", "--sysfs-root", str(node.sysfs), "--watch", "periodic")
+    assert table.returncode == 0, table.stderr
+    assert "live updates: periodic rescan every 30 s" in table.stdout
+    data = json.loads(run_netdp("list", "--json", "--sysfs-root", str(node.sysfs)).stdout)
+    assert data["live_updates"]["netlink"] is is_root() or data["live_updates"]["problems"]
+    bad = run_netdp("run", *node.args("--rescan-interval", "soon"))
+    assert bad.returncode == 2 and "--rescan-interval" in bad.stderr
+
+
+# --- in process: the event interface and the observer ---------------------------------
+
+
+class Recorder(DaemonObserver):
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def events_received(self, source: str, count: int) -> None:
+        self.calls.append(("received", source, count))
+
+    def events_coalesced(self, source: str, count: int) -> None:
+        self.calls.append(("coalesced", source, count))
+
+    def discovery_done(self, trigger: str, seconds: float, devices: int) -> None:
+        self.calls.append(("discovery", trigger, devices))
+
+    def reload_done(self, ok: bool) -> None:
+        self.calls.append(("reload", ok))
+
+    def health_changed(self, resource: str, device: str, health: Health) -> None:
+        self.calls.append(("health", resource, device, health))
+
+    def state_applied(self, state: NodeState) -> None:
+        self.calls.append(("state", {r: len(p.devices) for r, p in state.pools.items()}))
+
+    def of(self, kind: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == kind]
+
+
+def test_event_interface_and_observer_in_process(node, tmp_path) -> None:
+    fs = virtio_lab(node.sysfs, ["ndpa", "ndpb"], primary_netdev="ndpuplink")
+    config = tmp_path / "config.json"
+    write_config(config, [VIRT_POOL])
+    rec = Recorder()
+
+    async def main() -> None:
+        daemon = Daemon(
+            load_config(config),
+            Settings(node.plugins, node.sysfs, None, config_path=config),
+            routes=frozenset,
+            observer=rec,
+        )
+        try:
+            await daemon.refresh()
+            assert rec.of("state") == [("state", {VIRT: 3})]
+            fs.set_link("ndpa", operstate="lowerlayerdown", carrier=False)
+            fs.add_virtio_nic("0000:09:00.0", "ndpnew")
+            pod_veth = Uevent("add", "net", "/devices/virtual/net/veth9", {"INTERFACE": "veth9"})
+            daemon.on_uevent(pod_veth)  # not ours: ignored
+            for _ in range(256):
+                daemon.on_uevent(Uevent("change", "net", "/devices/virtual/net/ndpb", {}))
+            while len(rec.of("discovery")) < 2:
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(watch.HOTPLUG_QUIET_S * 2)
+            assert rec.of("discovery")[1:] == [("discovery", "uevent", 4)]
+            assert rec.of("coalesced") == [("coalesced", "uevent", 255)]
+            assert len(rec.of("received")) == 256
+            assert rec.of("health") == [("health", VIRT, NIC1, Health.UNHEALTHY)]
+            assert rec.of("state")[-1] == ("state", {VIRT: 4})
+            servers = daemon.servers[VIRT]
+            assert servers.health[NIC1] is Health.UNHEALTHY
+
+            write_config(config, [{**VIRT_POOL, "resourceName": "renamed"}])
+            assert await daemon.reload("sighup")
+            config.write_text("{")
+            assert not await daemon.reload("sighup")
+            assert rec.of("reload") == [("reload", True), ("reload", False)]
+            assert list(daemon.servers) == ["kernel.org/renamed"]
+            assert not (node.plugins / "netdp-kernel.org_virt.sock").exists()
+        finally:
+            await daemon.shutdown()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
