@@ -306,3 +306,49 @@ def test_list_on_this_machine_excludes_eth0_untouched() -> None:
     assert "eth0" in data["default_route_interfaces"]
     assert "default-route" in rows["0000:00:03.0"]["excluded"]
     assert os.path.exists("/sys/class/net/eth0")
+
+
+def test_metrics_and_probes_of_the_real_daemon(node, daemons) -> None:
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
+    d = start(daemons, node)
+    port = d.wait_event("metrics_server_started")["port"]
+    base = f"http://127.0.0.1:{port}"
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        text = urlopen(f"{base}/metrics", timeout=5).read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def status(path: str) -> int:
+        try:
+            return urlopen(f"{base}{path}", timeout=5).status
+        except HTTPError as err:
+            return err.code
+
+    assert status("/healthz") == 200
+    assert status("/readyz") == 503  # no kubelet yet
+
+    with KubeletStandIn(node.plugins) as kubelet:
+        conn = kubelet.wait_registered(VIRT, timeout=10)
+        conn.wait_snapshot(lambda s: len(s.devices) == 3)
+        deadline = time.monotonic() + 5
+        while status("/readyz") != 200:
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.05)
+        conn.allocate(["0000:01:00.0", "0000:02:00.0"])
+        values = scrape()
+        pool = (("pool", VIRT),)
+        assert values[("netdp_allocated_devices_total", pool)] == 2
+        assert values[("netdp_pool_devices", (("health", "Healthy"), ("pool", VIRT)))] == 3
+        assert values[("netdp_registrations_total", (("pool", VIRT), ("result", "success")))] >= 1
+        with pytest.raises(grpc.RpcError):
+            conn.allocate(["0000:99:00.0"])
+        assert scrape()[("netdp_allocate_errors_total", pool)] == 1
