@@ -280,18 +280,22 @@ class Daemon:
         self.observer.state_applied(state)
         return state, updated
 
-    async def _add_pool(self, pool: diff.PoolState) -> None:
+    async def _start_server(self, spec: pools.PoolSpec) -> None:
         server = PoolServer(
-            pool.spec,
+            spec,
             self.settings.device_plugin_path,
             self.settings.devinfo_dir,
             on_allocate=self.observer.allocation,
             on_preferred=self.observer.preferred_allocation,
         )
         await server.start()
-        self.servers[pool.spec.resource_name] = server
-        log.info("pool_added", pool=pool.spec.resource_name, devices=len(pool.devices))
+        self.servers[spec.resource_name] = server
         self.registrar.poke()
+
+    async def _add_pool(self, pool: diff.PoolState) -> None:
+        if pool.spec.resource_name not in self.servers:  # else started early by run()
+            await self._start_server(pool.spec)
+        log.info("pool_added", pool=pool.spec.resource_name, devices=len(pool.devices))
 
     async def _remove_pool(self, resource: str) -> None:
         """Stop serving: the socket goes, and with it the kubelet's registration."""
@@ -501,6 +505,11 @@ class Daemon:
             watcher = self._watch_config(self.settings.config_path)
             helpers.append(asyncio.create_task(watcher, name="config-watch"))
         try:
+            # Serve and register while the first scan runs: a pool's ListAndWatch
+            # holds back until its first update, so the kubelet never sees a
+            # premature empty pool, and start-up to registered does not wait for sysfs.
+            for spec in self.config.pools:
+                await self._start_server(spec)
             await self.refresh()
             self.registrar.poke()
             stopper = asyncio.create_task(stop.wait())
