@@ -19,4 +19,9 @@ fi
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-exec "$PY" -m pytest -q "$@"
+# Unit, integration and netns tests first (fast feedback), then the end-to-end
+# stage that boots QEMU VMs through ../shared/lab/vm-run.sh (NETDP_E2E=0 skips it).
+"$PY" -m pytest -q --ignore=tests/e2e "$@"
+if [ "${NETDP_E2E:-1}" != 0 ]; then
+  "$PY" -m pytest -q tests/e2e
+fi

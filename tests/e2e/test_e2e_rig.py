@@ -1,0 +1,103 @@
+"""The rig's own logic, without a VM: argv layout, timing parse, QMP and the request channel."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vmrig import GUEST, REPO, VmSpec, parse_timing, qmp, serve_requests, vm_command
+
+from deviceplugin.sim.fakesysfs import tmpfs_tempdir
+
+
+def test_vm_command_layout() -> None:
+    argv = vm_command(VmSpec(nics=2, igb=1), "sriov", Path("/tmp/o"), Path("/tmp/q.sock"), "/py")
+    assert argv[argv.index("--nics") + 1] == "2"
+    assert argv[argv.index("--igb") + 1] == "1"
+    assert "unix:/tmp/q.sock,server=on,wait=off" in argv
+    assert argv[argv.index("--rwdir") + 1] == "/tmp/o"
+    assert argv[argv.index("--") + 1 :] == [
+        "/py", str(GUEST.relative_to(REPO)), "sriov", "--out", "/tmp/o"
+    ]  # fmt: skip
+    assert "-qmp" not in vm_command(VmSpec(), "virtio", Path("/o"), None, "/py")
+
+
+def test_parse_timing() -> None:
+    line = (
+        "noise\nvm-run timing: accel=tcg prep=0.05s guest-uptime-at-command=2.78s "
+        "command=9.47s total=12.78s\n"
+    )
+    assert parse_timing(line) == {"boot_s": 2.78, "guest_s": 9.47, "total_s": 12.78}
+    unknown = "vm-run timing: accel=tcg prep=0.1s guest-uptime-at-command=?s command=? total=3.00s"
+    assert parse_timing(unknown) == {"boot_s": None, "guest_s": None, "total_s": 3.0}
+    assert parse_timing("") == {"boot_s": None, "guest_s": None, "total_s": None}
+
+
+@pytest.fixture
+def fake_qmp() -> Iterator[tuple[Path, list[dict]]]:
+    """A QMP server that accepts any command and records it (greeting, events included)."""
+    with tmpfs_tempdir("qmp-") as tmp:
+        path = tmp / "qmp.sock"
+        seen: list[dict] = []
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(path))
+        server.listen()
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return
+                with conn, conn.makefile("rw") as f:
+                    f.write(json.dumps({"QMP": {"version": {}, "capabilities": []}}) + "\n")
+                    f.flush()
+                    for line in f:
+                        msg = json.loads(line)
+                        seen.append(msg)
+                        if msg["execute"] == "set_link":
+                            f.write(json.dumps({"event": "NIC_RX_FILTER_CHANGED"}) + "\n")
+                        if msg["execute"] == "nonsense":
+                            f.write(json.dumps({"error": {"class": "CommandNotFound"}}) + "\n")
+                        else:
+                            f.write(json.dumps({"return": {}}) + "\n")
+                        f.flush()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield path, seen
+        finally:
+            server.shutdown(socket.SHUT_RDWR)
+            server.close()
+            thread.join(2)
+
+
+def test_qmp_negotiates_then_runs_the_command(fake_qmp: tuple[Path, list[dict]]) -> None:
+    path, seen = fake_qmp
+    assert qmp(path, "set_link", {"name": "vmnet1", "up": False}) == {}
+    assert seen == [
+        {"execute": "qmp_capabilities"},
+        {"execute": "set_link", "arguments": {"name": "vmnet1", "up": False}},
+    ]
+    with pytest.raises(RuntimeError, match="CommandNotFound"):
+        qmp(path, "nonsense")
+
+
+def test_guest_requests_are_answered_once(fake_qmp: tuple[Path, list[dict]]) -> None:
+    path, seen = fake_qmp
+    with tmpfs_tempdir("req-") as out:
+        (out / "request-1.json").write_text(
+            json.dumps({"qmp": "set_link", "arguments": {"name": "vmnet1", "up": True}})
+        )
+        (out / "request-2.json").write_text(json.dumps({"shell": "rm -rf /"}))
+        handled: set[str] = set()
+        serve_requests(out, path, handled)
+        serve_requests(out, path, handled)
+        assert json.loads((out / "reply-1.json").read_text()) == {"error": None, "return": {}}
+        assert "cannot serve" in json.loads((out / "reply-2.json").read_text())["error"]
+        assert [m["execute"] for m in seen] == ["qmp_capabilities", "set_link"]

@@ -1,0 +1,81 @@
+"""Scenario 1, the classic NFV lab, on a real kernel: virtio NICs as kernel.org/virt.
+
+One VM (a default-route NIC eth0 plus 3 spare virtio NICs on one QEMU hub)
+runs the whole story once; each test checks one part of what it saw.
+"""
+
+from __future__ import annotations
+
+import pytest
+from vmrig import GuestRun, VmSpec, require
+
+pytestmark = pytest.mark.timeout(480)
+
+VIRT_ENV = "PCIDEVICE_KERNEL_ORG_VIRT"
+
+
+@pytest.fixture(scope="module")
+def lab(rig) -> GuestRun:
+    return rig.run("virtio", VmSpec(nics=3))
+
+
+def test_scenario_ran_to_the_end(lab: GuestRun) -> None:
+    assert lab.ok, lab.explain()
+
+
+def test_registers_exactly_the_spare_nics(lab: GuestRun) -> None:
+    spares, uplink, registered, advertised, discovery = require(
+        lab, "spare_pcis", "uplink_pci", "registered", "advertised", "discovery"
+    )
+    assert registered == ["kernel.org/virt"], lab.explain()
+    assert sorted(advertised) == spares and len(spares) == 3, lab.explain()
+    assert set(advertised.values()) == {"Healthy"}, lab.explain()
+    assert uplink not in advertised
+    assert discovery["default_route"] == ["eth0"]
+    assert discovery["devices"][uplink]["pool"] is None
+    assert "default-route" in discovery["devices"][uplink]["excluded"]
+
+
+def test_pods_get_net1_with_a_host_local_address(lab: GuestRun) -> None:
+    (pods,) = require(lab, "pods")
+    assert {p["pci"] for p in pods.values()} <= set(lab.facts["spare_pcis"])
+    assert len({p["pci"] for p in pods.values()}) == 2, "each pod got its own NIC"
+    for name, pod in pods.items():
+        assert pod["env"][VIRT_ENV] == pod["pci"], (name, pod["env"])
+        assert set(pod["ip_a"]) == {"lo", "net1"}, (name, pod["ip_a"])
+        (address,) = pod["result_ips"]
+        assert address.startswith("10.56.0."), address
+        assert pod["ip_a"]["net1"] == [address], (name, pod["ip_a"])
+    moved = set(lab.facts["host_netdevs_before"]) - set(lab.facts["host_netdevs_with_pods"])
+    assert len(moved) == 2, lab.facts["host_netdevs_with_pods"]
+
+
+def test_cni_calls_go_through_the_daemon(lab: GuestRun) -> None:
+    """The shim hands every call to the running daemon; no silent in-process fallback."""
+    assert lab.result is not None and lab.result.get("cni_calls"), lab.explain()
+    assert {c["mode"] for c in lab.result["cni_calls"]} == {"daemon"}, lab.result["cni_calls"]
+
+
+def test_pods_ping_each_other_over_the_qemu_hub(lab: GuestRun) -> None:
+    (ping,) = require(lab, "ping")
+    assert ping["rc"] == 0, ping["output"] + "\n" + lab.explain()
+    assert " 0% packet loss" in ping["output"] or "packets received" in ping["output"]
+
+
+def test_del_returns_the_nics_under_their_names(lab: GuestRun) -> None:
+    del_rc, after, pod_links = require(lab, "del_rc", "host_netdevs_after", "pod_links_after")
+    assert set(del_rc.values()) == {0}, del_rc
+    assert after == lab.facts["host_netdevs_before"], after
+    assert all(set(links) == {"lo"} for links in pod_links.values()), pod_links
+
+
+def test_capacity_never_shrinks_and_ends_at_three(lab: GuestRun) -> None:
+    final, min_devices = require(lab, "final", "min_devices")
+    assert sorted(final) == lab.facts["spare_pcis"], final
+    assert set(final.values()) == {"Healthy"}, final
+    assert min_devices == 3
+
+
+def test_daemon_stops_cleanly(lab: GuestRun) -> None:
+    (code,) = require(lab, "daemon_exit")
+    assert code == 0, lab.explain()
