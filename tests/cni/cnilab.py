@@ -1,16 +1,20 @@
 """Helpers for the ehost-device tests: real namespaces, veths behind a fake sysfs.
 
-Every host "NIC" is a veth end in the test's own namespace (the root one),
-its peer parked in a namespace of the test, and the fake sysfs maps a PCI
-address onto its name. Names carry a random suffix and everything is removed
-in `finally` blocks, also when a test fails half-way.
+Each test gets its own "node": a namespace made by `helpers.make_node_netns`
+that plays the host, with a default route out of its uplink. Every "NIC" is
+a veth end created directly in that node namespace (its peer in another
+namespace of the test), and the fake sysfs maps a PCI address onto its name.
+The daemon, the shim and Go's host-device all run under `ip netns exec
+<node>`, so they take the node for their host and see its links in
+/sys/class/net: the machine's root namespace never holds a test link, not
+even for a moment. Names carry a random suffix and everything is removed in
+`finally` blocks, also when a test fails half-way.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from helpers import Namespaces, make_node_netns
 
 from deviceplugin.cni.install import install_shim
 from deviceplugin.sim.fakesysfs import FakeSysfs
@@ -30,10 +36,9 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=check)
 
 
-def link_state(name: str, netns: str | None = None) -> dict[str, Any] | None:
+def link_state(name: str, netns: str) -> dict[str, Any] | None:
     """name, MAC, up flag, MTU, global addresses of one link, as `ip -j` reports them."""
-    cmd = ["ip", "-j"] + (["-n", netns] if netns else []) + ["addr", "show", "dev", name]
-    proc = sh(*cmd, check=False)
+    proc = sh("ip", "-j", "-n", netns, "addr", "show", "dev", name, check=False)
     if proc.returncode != 0 or not proc.stdout.strip():
         return None
     info = json.loads(proc.stdout)[0]
@@ -55,39 +60,54 @@ def ns_routes(netns: str) -> list[str]:
     return sorted(line.replace(" linkdown", "").strip() for line in out.splitlines())
 
 
+def root_links_with(fragment: str) -> list[str]:
+    """Links of the machine's root namespace whose name holds `fragment`."""
+    out = sh("ip", "-o", "link", "show").stdout
+    names = (line.split(":")[1].strip().split("@")[0] for line in out.splitlines())
+    return [name for name in names if fragment in name]
+
+
 @dataclass
 class Lab:
-    """One test's namespaces, veths, fake sysfs and CNI plumbing."""
+    """One test's node and pod namespaces, veths, fake sysfs and CNI plumbing."""
 
     tmp: Path
-    suffix: str = field(default_factory=lambda: secrets.token_hex(3))
-    namespaces: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)
+    nss: Namespaces = field(default_factory=Namespaces)
     next_slot: int = 0
 
     def __post_init__(self) -> None:
+        self.suffix = self.nss.tag
         self.sysfs_root = self.tmp / "sys"
         self.fake = FakeSysfs(self.sysfs_root)
         self.data_dir = self.tmp / "ipam"
         self.lock_dir = self.tmp / "locks"
         self.socket = self.tmp / "cni.sock"
         self.shim = install_shim(self.tmp / "bin")
-        self.peer_ns = self.netns("peer")
+        try:
+            node = make_node_netns(self.nss)
+            self.peer_ns = self.nss.add("peer")  # the far end of every NIC's cable
+        except BaseException:
+            self.nss.cleanup()
+            raise
+        self.node, self.uplink = node.ns, node.uplink
 
     def netns(self, tag: str) -> str:
-        name = f"ehd-{self.suffix}-{tag}"
-        sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        return name
+        """A pod namespace (lo up, nothing else)."""
+        return self.nss.add(tag)
+
+    def node_link(self, name: str) -> dict[str, Any] | None:
+        """`link_state` of a link in the node namespace, where the host's NICs live."""
+        return link_state(name, self.node)
+
+    def in_node(self, *command: str) -> list[str]:
+        """`command` run as a process of the node (its netns, and its /sys)."""
+        return ["ip", "netns", "exec", self.node, *command]
 
     def nic(self) -> tuple[str, str]:
-        """A fresh host veth end behind a fake virtio PCI function: (pci, netdev)."""
+        """A fresh node veth end behind a fake virtio PCI function: (pci, netdev)."""
         self.next_slot += 1
         name = f"eh{self.suffix}{self.next_slot}"
-        peer = f"ep{self.suffix}{self.next_slot}"
-        sh("ip", "link", "add", name, "type", "veth", "peer", "name", peer)
-        self.links.append(name)
-        sh("ip", "link", "set", peer, "netns", self.peer_ns)
+        self.nss.veth(name, self.node, f"ep{self.suffix}{self.next_slot}", self.peer_ns)
         pci = f"0000:00:{self.next_slot + 3:02x}.0"
         self.fake.add_virtio_nic(pci, name)
         return pci, name
@@ -159,27 +179,34 @@ elif env["CNI_COMMAND"] == "VERSION":
         plugin: str | None = None,
         env: dict[str, str] | None = None,
     ) -> tuple[int, Any, str]:
-        """Run a plugin as the runtime does; (exit code, parsed stdout or None, stderr)."""
+        """Run a plugin as the node's runtime does; (exit code, parsed stdout or None, stderr)."""
         full_env = {**self.env(command, netns, ifname, cid), **(env or {})}
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
         proc = subprocess.run(
-            [plugin or str(self.shim)], input=stdin, env=full_env, capture_output=True, timeout=60
+            self.in_node(plugin or str(self.shim)),
+            input=stdin,
+            env=full_env,
+            capture_output=True,
+            timeout=60,
         )
         out = proc.stdout.decode()
         return proc.returncode, json.loads(out) if out.strip() else None, proc.stderr.decode()
 
-    def cleanup(self) -> None:
-        for ns in self.namespaces:
-            sh("ip", "netns", "del", ns, check=False)
-        for name in self.links:
+    def cleanup(self) -> list[str]:
+        """Remove every namespace, then any link of this lab that reached the root
+        namespace (a bug: none may); returns the names of those, for the caller to fail on."""
+        self.nss.cleanup()
+        strays = root_links_with(self.suffix)
+        for name in strays:
             sh("ip", "link", "del", name, check=False)
+        return strays
 
 
 class Daemon:
-    """The real `netdp run` (CNI socket on, no kubelet needed) in its own session."""
+    """The real `netdp run` (CNI socket on, no kubelet needed) in the node, in its own session."""
 
-    def __init__(self, lab: Lab, netns: str | None = None) -> None:
-        cmd = [
+    def __init__(self, lab: Lab) -> None:
+        cmd = lab.in_node(
             sys.executable, "-m", "deviceplugin", "run",
             "--cni-socket", str(lab.socket),
             "--sysfs-root", str(lab.sysfs_root),
@@ -187,9 +214,7 @@ class Daemon:
             "--devinfo-dir", "",
             "--metrics-address", "0",
             "--log-level", "warning", "--log-format", "json",
-        ]  # fmt: skip
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
+        )  # fmt: skip
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),

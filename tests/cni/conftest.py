@@ -11,14 +11,16 @@ from cnilab import Daemon, Lab
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+def lab(tmpfs_path: Path) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the CNI tests need root (network namespaces)")
-    lab = Lab(tmp_path)
+    lab = Lab(tmpfs_path)
+    strays: list[str] = []
     try:
         yield lab
     finally:
-        lab.cleanup()
+        strays = lab.cleanup()
+    assert not strays, f"test links reached the root namespace: {strays}"
 
 
 @pytest.fixture

@@ -40,11 +40,12 @@ def mode(request: pytest.FixtureRequest, lab: Lab) -> Iterator[str]:
         d.stop()
 
 
-def assert_untouched(name: str, before: dict) -> None:
-    """Same name, MAC, up flag, MTU and addresses as before, and no netdp alias left."""
-    assert link_state(name) == before
-    details = json.loads(sh("ip", "-j", "-d", "link", "show", "dev", name).stdout)[0]
-    assert not details.get("ifalias")
+def assert_untouched(lab: Lab, name: str, before: dict) -> None:
+    """Back in the node with the same name, MAC, up flag, MTU and addresses as before,
+    and no netdp alias left."""
+    assert lab.node_link(name) == before
+    shown = sh("ip", "-j", "-d", "-n", lab.node, "link", "show", "dev", name).stdout
+    assert not json.loads(shown)[0].get("ifalias")
 
 
 def reservations(lab: Lab) -> list[str]:
@@ -60,7 +61,7 @@ def reservations(lab: Lab) -> list[str]:
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
 def test_add_del_every_version(lab: Lab, mode: str, version: str) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     conf = lab.conf(version, deviceID=pci, mtu=1400)
     code, result, err = lab.run("ADD", conf, pod)
@@ -82,21 +83,21 @@ def test_add_del_every_version(lab: Lab, mode: str, version: str) -> None:
         "addresses": ["10.77.0.2/24"],
     }
     assert "10.78.0.0/16 via 10.77.0.1 dev net1" in ns_routes(pod)
-    assert link_state(name) is None
+    assert lab.node_link(name) is None
     assert reservations(lab) == ["10.77.0.2"]
 
     code, out, err = lab.run("DEL", conf, pod)
     assert (code, out) == (0, None), err
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
     assert reservations(lab) == []
     # DEL again: nothing left to do, still success.
     assert lab.run("DEL", conf, pod)[0] == 0
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 def test_dual_stack(lab: Lab) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     conf = lab.conf(deviceID=pci)
     conf["ipam"]["ranges"].append([{"subnet": "fd00:77::/64", "gateway": "fd00:77::1"}])
@@ -113,13 +114,13 @@ def test_dual_stack(lab: Lab) -> None:
         assert lab.run("DEL", conf, pod)[0] == 0
     finally:
         d.stop()
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
     """1.1.0 with an IPAM that speaks it: same env and stdin as libcni gives a delegate."""
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     cni_path, calls = lab.recording_ipam()
     conf = lab.conf("1.1.0", deviceID=pci)
@@ -132,7 +133,7 @@ def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
     assert result["dns"] == {"nameservers": ["10.77.0.1"]}
     assert link_state("net1", pod)["addresses"] == ["10.77.0.2/24"]
     assert lab.run("DEL", stdin, pod, env=env)[0] == 0
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
     logged = [json.loads(line) for line in calls.read_text().splitlines()]
     assert [c["env"]["CNI_COMMAND"] for c in logged] == ["ADD", "DEL"]
     for call in logged:
@@ -150,7 +151,7 @@ def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
 @pytest.mark.parametrize("selector", ["device", "hwaddr", "pciBusID", "runtimeConfig"])
 def test_device_selectors(lab: Lab, selector: str) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     extra = {
         "device": {"device": name},
@@ -164,7 +165,7 @@ def test_device_selectors(lab: Lab, selector: str) -> None:
     assert "ips" not in result
     assert link_state("eth7", pod)["up"] is True
     assert lab.run("DEL", conf, pod, ifname="eth7")[0] == 0
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 def test_check(lab: Lab, mode: str) -> None:
@@ -226,7 +227,7 @@ def test_same_as_go_host_device(lab: Lab, version: str) -> None:
     d = Daemon(lab)
     try:
         _, name = lab.nic()
-        before = link_state(name)
+        before = lab.node_link(name)
         pod = lab.netns("pod")
         outcomes = {}
         for plugin in ("host-device", "ehost-device"):
@@ -238,7 +239,7 @@ def test_same_as_go_host_device(lab: Lab, version: str) -> None:
             in_pod = (link_state("net1", pod), ns_routes(pod))
             code, out, err = lab.run("DEL", conf, pod, plugin=binary)
             assert code == 0, (plugin, out, err)
-            outcomes[plugin] = (result, in_pod, link_state(name))
+            outcomes[plugin] = (result, in_pod, lab.node_link(name))
         assert outcomes["ehost-device"] == outcomes["host-device"]
         assert outcomes["host-device"][2] == before
     finally:
@@ -263,24 +264,24 @@ def _bad_ipam_conf(lab: Lab, pci: str, how: str) -> dict:
 @pytest.mark.parametrize("how", ["missing-plugin", "ipam-error", "unroutable"])
 def test_failure_after_move_rolls_back(lab: Lab, mode: str, how: str) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     code, out, _ = lab.run("ADD", _bad_ipam_conf(lab, pci, how), pod)
     assert code == 1 and out["code"] in (104, 105), out
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
     assert link_state("net1", pod) is None
     assert reservations(lab) == []
 
 
 def test_running_device_comes_back_running(lab: Lab, mode: str) -> None:
     pci, name = lab.nic()
-    sh("ip", "link", "set", name, "up")
-    before = link_state(name)
+    sh("ip", "-n", lab.node, "link", "set", name, "up")
+    before = lab.node_link(name)
     assert before["up"]
     pod = lab.netns("pod")
     code, out, _ = lab.run("ADD", _bad_ipam_conf(lab, pci, "ipam-error"), pod)
     assert code == 1 and out["code"] == 104
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 @pytest.mark.parametrize(
@@ -289,7 +290,7 @@ def test_running_device_comes_back_running(lab: Lab, mode: str) -> None:
 )
 def test_refusals_leave_device_alone(lab: Lab, mode: str, case: str, expected_code: int) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     conf: dict | bytes = lab.conf(deviceID=pci)
     netns = pod
@@ -306,7 +307,7 @@ def test_refusals_leave_device_alone(lab: Lab, mode: str, case: str, expected_co
     code, out, _ = lab.run("ADD", conf, netns)
     assert code == 1 and out["code"] == expected_code, out
     assert {"code", "msg"} <= set(out)
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
     assert reservations(lab) == []
 
 
@@ -323,7 +324,7 @@ def test_device_in_use(lab: Lab, mode: str) -> None:
     assert lab.run("DEL", conf, pod_b, cid="b")[0] == 0  # DEL of the failed ADD touches nothing
     assert link_state("net1", pod_a) is not None
     assert lab.run("DEL", conf, pod_a, cid="a")[0] == 0
-    assert link_state(name) is not None
+    assert lab.node_link(name) is not None
 
 
 def test_two_adds_one_device_race(lab: Lab, mode: str) -> None:
@@ -349,7 +350,7 @@ def test_two_adds_one_device_race(lab: Lab, mode: str) -> None:
     assert link_state("net1", pods[loser]) is None
     assert reservations(lab) == ["10.77.0.2"]
     assert lab.run("DEL", conf, pods[winner], cid=f"r{winner}")[0] == 0
-    assert link_state(name) is not None
+    assert lab.node_link(name) is not None
 
 
 def test_parallel_adds_different_devices(lab: Lab, mode: str) -> None:
@@ -370,7 +371,7 @@ def test_parallel_adds_different_devices(lab: Lab, mode: str) -> None:
     assert len(addresses) == 4
     for i, (_, name) in enumerate(nics):
         assert lab.run("DEL", lab.conf(deviceID=nics[i][0]), pods[i], cid=f"p{i}")[0] == 0
-        assert link_state(name) is not None
+        assert lab.node_link(name) is not None
 
 
 # ------------------------------------------------------------------ namespace gone
@@ -380,10 +381,10 @@ def _kernel_returns_device(lab: Lab, pod: str, ifname: str, pci: str) -> None:
     """What the kernel does to a physical NIC when its pod's namespace dies.
 
     A veth would be destroyed with the namespace, so the test moves it back to
-    the host under its pod name first, then deletes the namespace.
+    the node under its pod name first, then deletes the namespace.
     """
     sh("ip", "-n", pod, "link", "set", ifname, "down")
-    sh("ip", "-n", pod, "link", "set", ifname, "netns", str(os.getpid()))
+    sh("ip", "-n", pod, "link", "set", ifname, "netns", lab.node)
     sh("ip", "netns", "del", pod)
     lab.fake.return_netdev(pci, ifname)
 
@@ -391,7 +392,7 @@ def _kernel_returns_device(lab: Lab, pod: str, ifname: str, pci: str) -> None:
 @pytest.mark.parametrize("command", ["DEL", "GC"])
 def test_namespace_gone(lab: Lab, mode: str, command: str) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     ifname = f"p{lab.suffix}"
     cni_path, _ = lab.recording_ipam()
@@ -401,70 +402,46 @@ def test_namespace_gone(lab: Lab, mode: str, command: str) -> None:
     assert lab.run("ADD", conf, pod, ifname=ifname, env=env)[0] == 0
     lab.fake.move_netdev_out(pci)
     _kernel_returns_device(lab, pod, ifname, pci)
-    assert link_state(ifname)["mtu"] == 1300
+    assert lab.node_link(ifname)["mtu"] == 1300
     code, out, err = lab.run(command, conf, pod, ifname=ifname, env=env)
     assert (code, out) == (0, None), err
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 def test_host_name_taken_at_del(lab: Lab, mode: str) -> None:
     """DEL cannot rename back while the name is taken; a later DEL finishes the job."""
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     ifname = f"q{lab.suffix}"
     conf = lab.conf(deviceID=pci, mtu=1400)
     assert lab.run("ADD", conf, pod, ifname=ifname)[0] == 0
     blocker = f"ez{lab.suffix}"
-    sh("ip", "link", "add", name, "type", "veth", "peer", "name", blocker)
+    sh("ip", "-n", lab.node, "link", "add", name, "type", "veth", "peer", "name", blocker)
     lab.fake.move_netdev_out(pci)
     try:
         code, out, err = lab.run("DEL", conf, pod, ifname=ifname)
         assert (code, out) == (0, None), err
-        assert link_state(ifname) is not None  # on the host, under its pod name
+        assert lab.node_link(ifname) is not None  # on the node, under its pod name
         assert link_state(ifname, pod) is None
         lab.fake.return_netdev(pci, ifname)
     finally:
-        sh("ip", "link", "del", blocker)
+        sh("ip", "-n", lab.node, "link", "del", blocker)
     assert lab.run("DEL", conf, pod, ifname=ifname)[0] == 0
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 # ------------------------------------------------------------------ safety
 
 
-def test_default_route_device_refused(lab: Lab) -> None:
-    """The executor runs in a namespace whose default route leaves through our veth."""
-    node = lab.netns("node")
-    uplink = f"eu{lab.suffix}"
-    sh("ip", "link", "add", uplink, "type", "veth", "peer", "name", f"eq{lab.suffix}")
-    sh("ip", "link", "set", f"eq{lab.suffix}", "netns", lab.peer_ns)
-    sh("ip", "link", "set", uplink, "netns", node)
-    sh("ip", "-n", node, "addr", "add", "10.99.0.2/24", "dev", uplink)
-    sh("ip", "-n", node, "link", "set", uplink, "up")
-    sh("ip", "-n", node, "route", "add", "default", "via", "10.99.0.1")
-    pci = lab.fake.add_virtio_nic("0000:00:1f.0", uplink)
+def test_default_route_device_refused(lab: Lab, mode: str) -> None:
+    """The node's default route leaves through this NIC: it never goes to a pod."""
+    pci = lab.fake.add_virtio_nic("0000:00:1f.0", lab.uplink)
+    before = lab.node_link(lab.uplink)
     pod = lab.netns("pod")
-    before = link_state(uplink, node)
-    conf = lab.conf(deviceID=pci)
-
-    d = Daemon(lab, netns=node)
-    try:
-        code, out, _ = lab.run("ADD", conf, pod)
-    finally:
-        d.stop()
+    code, out, _ = lab.run("ADD", lab.conf(deviceID=pci), pod)
     assert code == 1 and out["code"] == 102, out
-    assert link_state(uplink, node) == before
-
-    proc = subprocess.run(
-        ["ip", "netns", "exec", node, str(lab.shim)],
-        input=json.dumps(conf).encode(),
-        env=lab.env("ADD", pod),
-        capture_output=True,
-        timeout=60,
-    )
-    assert proc.returncode == 1 and json.loads(proc.stdout)["code"] == 102
-    assert link_state(uplink, node) == before
+    assert_untouched(lab, lab.uplink, before)
     assert reservations(lab) == []
 
 
@@ -482,19 +459,19 @@ def test_resource_name(lab: Lab, podresources: PodResourcesStandIn, mode: str) -
         "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
         "NETDP_POD_RESOURCES_SOCKET": str(podresources.socket_path),
     }
-    before_a = link_state(name_a)
+    before_a = lab.node_link(name_a)
     refused = lab.conf(deviceID=pci_a, resourceName="netdp.io/virtio")
     code, out, _ = lab.run("ADD", refused, pod, env=env)
     assert code == 1 and out["code"] == 103, out
-    assert_untouched(name_a, before_a)
+    assert_untouched(lab, name_a, before_a)
 
     picked = lab.conf(resourceName="netdp.io/virtio")
     code, result, err = lab.run("ADD", picked, pod, env=env)
     assert code == 0, err
     assert result["interfaces"][0]["mac"] == link_state("net1", pod)["mac"]
-    assert link_state(name_b) is None
+    assert lab.node_link(name_b) is None
     assert lab.run("DEL", picked, pod, env=env)[0] == 0
-    assert link_state(name_b) is not None
+    assert lab.node_link(name_b) is not None
 
 
 @pytest.mark.parametrize(
@@ -508,12 +485,12 @@ def test_resource_name_lookup_failures(
     lab: Lab, mode: str, cni_args: str, socket: str, expected_code: int
 ) -> None:
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     env = {"CNI_ARGS": cni_args, "NETDP_POD_RESOURCES_SOCKET": str(lab.tmp / socket)}
     conf = lab.conf(deviceID=pci, resourceName="netdp.io/virtio")
     code, out, _ = lab.run("ADD", conf, lab.netns("pod"), env=env)
     assert code == 1 and out["code"] == expected_code, out
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
 
 
 # ------------------------------------------------------------------ daemon lifecycle
@@ -522,7 +499,7 @@ def test_resource_name_lookup_failures(
 def test_daemon_dies_mid_add(lab: Lab) -> None:
     """Killed while IPAM runs: the shim rolls back in-process and says try again."""
     pci, name = lab.nic()
-    before = link_state(name)
+    before = lab.node_link(name)
     pod = lab.netns("pod")
     bin_dir = lab.tmp / "slowbin"
     bin_dir.mkdir()
@@ -543,7 +520,11 @@ def test_daemon_dies_mid_add(lab: Lab) -> None:
         stdin.write_text(json.dumps(conf))
         with stdin.open("rb") as f:
             proc = subprocess.Popen(
-                [str(lab.shim)], stdin=f, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+                lab.in_node(str(lab.shim)),
+                stdin=f,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
             )
         deadline = time.monotonic() + 20
         while not marker.exists():
@@ -557,7 +538,7 @@ def test_daemon_dies_mid_add(lab: Lab) -> None:
     assert proc.returncode == 1
     assert json.loads(out)["code"] == 11
     assert b"finishing in-process" in err
-    assert_untouched(name, before)
+    assert_untouched(lab, name, before)
     assert (lab.tmp / "ipam-dels").read_text() == "DEL\n"
 
 
@@ -571,7 +552,7 @@ def test_stale_socket_falls_back(lab: Lab) -> None:
     code, _, err = lab.run("ADD", lab.conf(deviceID=pci), pod)
     assert code == 0 and "running in-process" in err
     assert lab.run("DEL", lab.conf(deviceID=pci), pod)[0] == 0
-    assert link_state(name) is not None
+    assert lab.node_link(name) is not None
 
 
 # ------------------------------------------------------------------ installation
@@ -601,7 +582,7 @@ def test_fallback_without_package_says_so(lab: Lab) -> None:
     code, out, err = lab.run("ADD", lab.conf(deviceID=pci), lab.netns("pod"), plugin=str(lone))
     assert code == 1 and out["code"] == 11
     assert "not installed" in out["msg"] and "running in-process" in err
-    assert link_state(name) is not None
+    assert lab.node_link(name) is not None
 
 
 def test_shim_imports_only_stdlib_basics() -> None:
@@ -622,7 +603,7 @@ def test_shim_fast_path_loads_no_third_party(lab: Lab, daemon: Daemon) -> None:
         )
     )
     proc = subprocess.run(
-        [real_interpreter(), "-SE", str(probe)],
+        lab.in_node(real_interpreter(), "-SE", str(probe)),
         input=b'{"cniVersion":"1.1.0"}',
         env=lab.env("VERSION", None),
         capture_output=True,
