@@ -6,8 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import DaemonProcess, Node
 
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir
+from deviceplugin.sim.kubelet import KubeletStandIn
 
 
 @pytest.fixture
@@ -16,3 +18,24 @@ def tmpfs_path() -> Iterator[Path]:
     which ext4 builds ~50x slower; the short path also keeps unix sockets legal."""
     with tmpfs_tempdir("ndpt-") as path:
         yield path
+
+
+@pytest.fixture
+def node(tmpfs_path: Path) -> Node:
+    return Node(tmpfs_path)
+
+
+@pytest.fixture
+def kubelet(node: Node) -> Iterator[KubeletStandIn]:
+    with KubeletStandIn(node.plugins) as k:
+        yield k
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemon processes a test started; killed at the end, their logs shown on failure."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.kill()
+        print(f"--- daemon log ({' '.join(d.command)}):\n{d.log_text()}")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NETDP = [sys.executable, "-m", "deviceplugin"]
 
@@ -179,3 +180,31 @@ def in_netns(name: str) -> Iterator[None]:
         finally:
             if libc.setns(home.fileno(), clone_newnet) != 0:
                 raise OSError(ctypes.get_errno(), "setns back")
+
+
+class Node:
+    """Paths of one simulated node: fake sysfs, device-plugin dir, device-info dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sysfs = root / "sys"
+        self.plugins = root / "dp"
+        self.devinfo = root / "devinfo"
+        self.plugins.mkdir()
+
+    def args(self, *extra: str) -> list[str]:
+        return [
+            "--sysfs-root", str(self.sysfs),
+            "--device-plugin-path", str(self.plugins),
+            "--devinfo-dir", str(self.devinfo),
+            *extra,
+        ]  # fmt: skip
+
+
+def start_daemon(
+    daemons: list[DaemonProcess], node: Node, *extra: str, netns: str | None = None
+) -> DaemonProcess:
+    """`netdp run` on `node`, registered in the `daemons` fixture for clean-up."""
+    d = DaemonProcess(node.args(*extra), netns=netns)
+    daemons.append(d)
+    return d

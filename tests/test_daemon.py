@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
-from helpers import DaemonProcess, is_root, make_node_netns, namespaces, run_netdp
+from helpers import is_root, make_node_netns, namespaces, run_netdp, start_daemon
 
 from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, virtio_lab
 from deviceplugin.sim.kubelet import KubeletStandIn
@@ -26,54 +24,10 @@ VIRT = "kernel.org/virt"
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root for network namespaces")
 
 
-class Node:
-    """Paths of one simulated node."""
-
-    def __init__(self, root: Path) -> None:
-        self.sysfs = root / "sys"
-        self.plugins = root / "device-plugins"
-        self.devinfo = root / "devinfo"
-        self.plugins.mkdir()
-
-    def args(self, *extra: str) -> list[str]:
-        return [
-            "--sysfs-root", str(self.sysfs),
-            "--device-plugin-path", str(self.plugins),
-            "--devinfo-dir", str(self.devinfo),
-            *extra,
-        ]  # fmt: skip
-
-
-@pytest.fixture
-def node(tmpfs_path: Path) -> Node:
-    return Node(tmpfs_path)
-
-
-@pytest.fixture
-def kubelet(node: Node) -> Iterator[KubeletStandIn]:
-    with KubeletStandIn(node.plugins) as k:
-        yield k
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.kill()
-        print(f"--- daemon log ({' '.join(d.command)}):\n{d.log_text()}")  # shown on failure
-
-
-def start(daemons: list[DaemonProcess], node: Node, *extra: str, netns: str | None = None):
-    d = DaemonProcess(node.args(*extra), netns=netns)
-    daemons.append(d)
-    return d
-
-
 def test_virtio_lab_registers_and_allocates(node, kubelet, daemons) -> None:
     lab = virtio_lab(node.sysfs, ["ndpa", "ndpb", "ndpc"], primary_netdev="ndpuplink")
     assert lab  # built
-    start(daemons, node)
+    start_daemon(daemons, node)
     conn = kubelet.wait_registered(VIRT, timeout=10)
     assert conn.options.get_preferred_allocation_available
     assert not conn.options.pre_start_required
@@ -104,7 +58,7 @@ def test_default_route_nic_is_excluded(node, kubelet, daemons) -> None:
     with namespaces() as nss:
         net = make_node_netns(nss, extra=2)
         virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
-        d = start(daemons, node, netns=net.ns)
+        d = start_daemon(daemons, node, netns=net.ns)
         conn = kubelet.wait_registered(VIRT, timeout=10)
         snap = conn.wait_snapshot(lambda s: len(s.devices) > 0)
         assert set(snap.devices) == {"0000:01:00.0", "0000:02:00.0"}
@@ -133,7 +87,7 @@ def test_pool_can_opt_into_default_route_nic(node, kubelet, daemons, tmp_path) -
     with namespaces() as nss:
         net = make_node_netns(nss, extra=1)
         virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
-        d = start(daemons, node, "--config", str(config), netns=net.ns)
+        d = start_daemon(daemons, node, "--config", str(config), netns=net.ns)
         conn = kubelet.wait_registered("kernel.org/all", timeout=10)
         snap = conn.wait_snapshot(lambda s: len(s.devices) > 0)
         assert set(snap.devices) == {"0000:00:03.0", "0000:01:00.0"}
@@ -168,7 +122,7 @@ def test_sriov_pool_by_pf_name_with_numa(node, kubelet, daemons, tmp_path) -> No
             }
         )
     )
-    start(daemons, node, "--config", str(config))
+    start_daemon(daemons, node, "--config", str(config))
     a = kubelet.wait_registered("example.com/sriov_a", timeout=10)
     rest = kubelet.wait_registered("example.com/sriov_rest", timeout=10)
     dpdk = kubelet.wait_registered("example.com/dpdk", timeout=10)
@@ -192,7 +146,7 @@ def test_sriov_pool_by_pf_name_with_numa(node, kubelet, daemons, tmp_path) -> No
 
 def test_kubelet_restart_reregisters_within_a_second(node, kubelet, daemons) -> None:
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
-    start(daemons, node)
+    start_daemon(daemons, node)
     first = kubelet.wait_registered(VIRT, timeout=10)
     first.wait_snapshot(lambda s: len(s.devices) == 3)
     for _ in range(3):
@@ -207,7 +161,7 @@ def test_kubelet_restart_reregisters_within_a_second(node, kubelet, daemons) -> 
 
 def test_waits_for_kubelet_then_registers(node, daemons) -> None:
     virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
-    d = start(daemons, node)
+    d = start_daemon(daemons, node)
     d.wait_event("pool_server_started")
     time.sleep(0.3)
     with KubeletStandIn(node.plugins) as kubelet:
@@ -226,7 +180,7 @@ def test_refused_registration_is_retried_with_backoff(node, daemons) -> None:
         return None
 
     with KubeletStandIn(node.plugins, reject=reject) as kubelet:
-        d = start(daemons, node)
+        d = start_daemon(daemons, node)
         conn = kubelet.wait_registered(VIRT, timeout=10)
         assert conn.wait_snapshot(lambda s: len(s.devices) == 2)
         failed = d.wait_event("registration_failed")
@@ -236,7 +190,7 @@ def test_refused_registration_is_retried_with_backoff(node, daemons) -> None:
 
 def test_sigterm_cleans_up_within_two_seconds(node, kubelet, daemons) -> None:
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
-    d = start(daemons, node)
+    d = start_daemon(daemons, node)
     conn = kubelet.wait_registered(VIRT, timeout=10)
     conn.allocate(["0000:01:00.0"])
     assert list(node.devinfo.glob("*.json"))
@@ -249,12 +203,12 @@ def test_sigterm_cleans_up_within_two_seconds(node, kubelet, daemons) -> None:
 
 def test_device_inside_a_pod_keeps_capacity_across_restart(node, kubelet, daemons) -> None:
     fs = virtio_lab(node.sysfs, 3, primary_netdev="ndpuplink")
-    d = start(daemons, node)
+    d = start_daemon(daemons, node)
     conn = kubelet.wait_registered(VIRT, timeout=10)
     conn.wait_snapshot(lambda s: len(s.devices) == 4)
     d.stop()
     fs.move_netdev_out("0000:02:00.0")  # as if it were in a pod's namespace
-    start(daemons, node)
+    start_daemon(daemons, node)
     again = kubelet.wait_registered(VIRT, timeout=10, newer_than=conn)
     snap = again.wait_snapshot(lambda s: len(s.devices) == 4)
     assert snap.devices["0000:02:00.0"].health == "Healthy"
@@ -315,7 +269,7 @@ def test_metrics_and_probes_of_the_real_daemon(node, daemons) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
-    d = start(daemons, node)
+    d = start_daemon(daemons, node)
     port = d.wait_event("metrics_server_started")["port"]
     base = f"http://127.0.0.1:{port}"
 

@@ -14,68 +14,31 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, is_root, make_node_netns, namespaces, run_netdp, sh
+from helpers import (
+    DaemonProcess,
+    is_root,
+    make_node_netns,
+    namespaces,
+    run_netdp,
+    sh,
+    start_daemon,
+)
 
 from deviceplugin import watch
 from deviceplugin.config import load_config
 from deviceplugin.daemon import Daemon, DaemonObserver, Settings
 from deviceplugin.diff import NodeState
 from deviceplugin.model import Health
-from deviceplugin.sim.fakesysfs import FakeSysfs, tmpfs_tempdir, virtio_lab
-from deviceplugin.sim.kubelet import KubeletStandIn, Snapshot
+from deviceplugin.sim.fakesysfs import FakeSysfs, virtio_lab
+from deviceplugin.sim.kubelet import Snapshot
 from deviceplugin.watch import Uevent
 
 VIRT = "kernel.org/virt"
 NIC1, NIC2 = "0000:01:00.0", "0000:02:00.0"
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root for network namespaces")
-
-
-class Node:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.sysfs = root / "sys"
-        self.plugins = root / "dp"
-        self.devinfo = root / "devinfo"
-        self.plugins.mkdir()
-
-    def args(self, *extra: str) -> list[str]:
-        return [
-            "--sysfs-root", str(self.sysfs),
-            "--device-plugin-path", str(self.plugins),
-            "--devinfo-dir", str(self.devinfo),
-            *extra,
-        ]  # fmt: skip
-
-
-@pytest.fixture
-def node() -> Iterator[Node]:
-    with tmpfs_tempdir("ndl-") as root:
-        yield Node(root)
-
-
-@pytest.fixture
-def kubelet(node: Node) -> Iterator[KubeletStandIn]:
-    with KubeletStandIn(node.plugins) as k:
-        yield k
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.kill()
-        print(f"--- daemon log ({' '.join(d.command)}):\n{d.log_text()}")  # shown on failure
-
-
-def start(daemons: list[DaemonProcess], node: Node, *extra: str, netns: str | None = None):
-    d = DaemonProcess(node.args(*extra), netns=netns)
-    daemons.append(d)
-    return d
 
 
 def health_of(snap: Snapshot) -> dict[str, str]:
@@ -120,7 +83,7 @@ def test_link_down_and_up_reaches_the_kubelet(node, kubelet, daemons) -> None:
             sh("ip", "-n", net.ns, "link", "set", name, "up")
             sh("ip", "-n", world, "link", "set", peer, "up")
         virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
-        d = start(daemons, node, netns=net.ns)
+        d = start_daemon(daemons, node, netns=net.ns)
         conn = kubelet.wait_registered(VIRT, timeout=10)
         healthy = {NIC1: "Healthy", NIC2: "Healthy"}
         first = conn.wait_snapshot(lambda s: health_of(s) == healthy, timeout=10)
@@ -171,7 +134,7 @@ def test_pf_link_loss_marks_vfs_per_pool_option(node, kubelet, daemons, tmp_path
                 },
             ],
         )
-        start(daemons, node, "--config", str(config), netns=net.ns)
+        start_daemon(daemons, node, "--config", str(config), netns=net.ns)
         strict = kubelet.wait_registered("intel.com/strict", timeout=10)
         lenient = kubelet.wait_registered("intel.com/lenient", timeout=10)
         strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Healthy"})
@@ -198,7 +161,7 @@ def test_vf_burst_is_one_rescan_and_one_snapshot(node, kubelet, daemons, tmp_pat
         config = tmp_path / "config.json"
         vf_pool = {"resourceName": "vf", "selectors": {"pfNames": ["ens40f0"]}}
         write_config(config, [vf_pool, VIRT_POOL])
-        d = start(daemons, node, "--config", str(config), netns=net.ns)
+        d = start_daemon(daemons, node, "--config", str(config), netns=net.ns)
         sriov = kubelet.wait_registered("intel.com/vf", timeout=10)
         virt = kubelet.wait_registered(VIRT, timeout=10)
         first = sriov.wait_snapshot(lambda s: set(s.devices) == {pf})
@@ -230,7 +193,7 @@ def test_unplug_and_driver_unbind(node, kubelet, daemons) -> None:
     with namespaces() as nss:
         net = make_node_netns(nss, extra=2)
         fs = virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
-        start(daemons, node, netns=net.ns)
+        start_daemon(daemons, node, netns=net.ns)
         conn = kubelet.wait_registered(VIRT, timeout=10)
         snap = conn.wait_snapshot(lambda s: set(s.devices) == {NIC1, NIC2})
         fs.bind(NIC2, None)  # driver unbound: kept, but Unhealthy
@@ -250,7 +213,7 @@ def test_reload_valid_invalid_and_pool_removal(node, kubelet, daemons, tmp_path)
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
     config = tmp_path / "config.json"
     write_config(config, [VIRT_POOL])
-    d = start(daemons, node, "--config", str(config))
+    d = start_daemon(daemons, node, "--config", str(config))
     virt = kubelet.wait_registered(VIRT, timeout=10)
     snap = virt.wait_snapshot(lambda s: len(s.devices) == 3)
 
@@ -304,7 +267,7 @@ def test_configmap_symlink_swap_is_a_reload(node, kubelet, daemons, tmp_path) ->
 
     publish("..v1", [VIRT_POOL])
     (volume / "config.json").symlink_to("..data/config.json")
-    d = start(daemons, node, "--config", str(volume / "config.json"))
+    d = start_daemon(daemons, node, "--config", str(volume / "config.json"))
     virt = kubelet.wait_registered(VIRT, timeout=10)
     virt.wait_snapshot(lambda s: len(s.devices) == 3)
 
@@ -316,7 +279,7 @@ def test_configmap_symlink_swap_is_a_reload(node, kubelet, daemons, tmp_path) ->
 
 def test_sighup_rereads_config_and_rescans(node, kubelet, daemons, tmp_path) -> None:
     fs = virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
-    d = start(daemons, node)  # the built-in config: nothing to re-read, still a rescan
+    d = start_daemon(daemons, node)  # the built-in config: nothing to re-read, still a rescan
     virt = kubelet.wait_registered(VIRT, timeout=10)
     snap = virt.wait_snapshot(lambda s: len(s.devices) == 2)
     fs.add_virtio_nic("0000:09:00.0", "ndpnew")  # a fake sysfs change: no uevent
@@ -329,7 +292,7 @@ def test_sighup_rereads_config_and_rescans(node, kubelet, daemons, tmp_path) -> 
 
 def test_periodic_fallback(node, kubelet, daemons) -> None:
     fs = virtio_lab(node.sysfs, 1, primary_netdev="ndpuplink")
-    d = start(daemons, node, "--watch", "periodic", "--rescan-interval", "0.2")
+    d = start_daemon(daemons, node, "--watch", "periodic", "--rescan-interval", "0.2")
     mode = d.wait_event("live_updates")
     assert mode["rescan_interval_s"] == 0.2 and not mode["netlink"] and mode["uevents"] is None
     assert "periodic rescan every 0.2 s" in mode["mode"]
