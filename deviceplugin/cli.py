@@ -21,7 +21,7 @@ from deviceplugin import __version__
 
 if TYPE_CHECKING:
     from deviceplugin.config import Config
-    from deviceplugin.daemon import Settings
+    from deviceplugin.daemon import Settings, Snapshot
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -122,15 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config(path: str | None):  # -> Config, imported lazily
-    from deviceplugin.config import default_config, load_config
+class Refused(Exception):
+    """A bad flag or config file: printed as `netdp: <message>`, exit status 2,
+    before anything on the node is touched."""
 
-    return default_config() if not path else load_config(Path(path))
+
+def _load_config(path: str | Path | None) -> Config:
+    from deviceplugin.config import ConfigError, default_config, load_config
+
+    try:
+        return default_config() if not path else load_config(Path(path))
+    except ConfigError as exc:
+        raise Refused(f"invalid configuration: {exc}") from None
+
+
+def _flag_values(args: argparse.Namespace) -> tuple[str, float]:
+    try:
+        return _watch_settings(args)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from deviceplugin import logs
-    from deviceplugin.config import ConfigError
     from deviceplugin.daemon import Settings, WatchMode
     from deviceplugin.metrics import parse_address
 
@@ -145,17 +159,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    watch, rescan_interval = _flag_values(args)
     try:
-        watch, rescan_interval = _watch_settings(args)
         metrics_address = parse_address(args.metrics_address)
     except ValueError as exc:
-        print(f"netdp: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        config = _load_config(args.config)
-    except ConfigError as exc:
-        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        raise Refused(str(exc)) from None
+    config = _load_config(args.config)
     for warning in config.warnings:
         print(f"netdp: warning: {warning}", file=sys.stderr)
     settings = Settings(
@@ -219,7 +228,7 @@ async def _serve(
     return EXIT_OK
 
 
-def _rows(snapshot) -> list[dict[str, object]]:
+def _rows(snapshot: Snapshot) -> list[dict[str, object]]:
     rows = []
     placed = {d.pci_address: r for r, devs in snapshot.assignment.pools.items() for d in devs}
     for address, dev in sorted(snapshot.node.devices.items()):
@@ -268,19 +277,10 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from deviceplugin import watch
-    from deviceplugin.config import ConfigError
     from deviceplugin.daemon import take_snapshot
 
-    try:
-        watch_mode, rescan_interval = _watch_settings(args)
-    except ValueError as exc:
-        print(f"netdp: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        config = _load_config(args.config)
-    except ConfigError as exc:
-        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    watch_mode, rescan_interval = _flag_values(args)
+    config = _load_config(args.config)
     snapshot = take_snapshot(config, Path(args.sysfs_root))
     live = watch.probe(rescan_interval, periodic_only=watch_mode == "periodic")
     rows = _rows(snapshot)
@@ -312,13 +312,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     from deviceplugin.allocation import env_var_name
-    from deviceplugin.config import ConfigError, load_config
 
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f"netdp: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+    config = _load_config(args.file)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK, {len(config.pools)} pool(s)")
@@ -347,15 +342,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return cmd_run(args)
-    if args.command == "list":
-        return cmd_list(args)
-    if args.command == "config":
-        return cmd_config_check(args)
-    if args.command == "install-cni":
-        return cmd_install_cni(args)
-    return cmd_demo(args)
+    commands = {
+        "run": cmd_run,
+        "list": cmd_list,
+        "config": cmd_config_check,
+        "install-cni": cmd_install_cni,
+        "demo": cmd_demo,
+    }
+    try:
+        return commands[args.command](args)
+    except Refused as exc:
+        print(f"netdp: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

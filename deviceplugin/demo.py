@@ -23,7 +23,7 @@ from deviceplugin.config import default_config
 from deviceplugin.daemon import take_snapshot
 from deviceplugin.routes import default_route_interfaces
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir, virtio_lab
-from deviceplugin.sim.kubelet import KubeletStandIn
+from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection
 
 RESOURCE = "kernel.org/virt"
 
@@ -77,7 +77,9 @@ def run_demo(log_level: str = "warning") -> int:
     return 0 if code == 0 else 1
 
 
-def _demo_steps(kubelet, conn, sysfs_root: Path, devinfo_dir: Path) -> None:
+def _demo_steps(
+    kubelet: KubeletStandIn, conn: PluginConnection, sysfs_root: Path, devinfo_dir: Path
+) -> None:
     snap = conn.wait_snapshot(lambda s: len(s.devices) > 0, timeout=10)
     _step("ListAndWatch: what the node advertises")
     for dev_id, view in sorted(snap.devices.items()):
