@@ -144,6 +144,14 @@ def _podresources_lookup(socket: Path, namespace: str, name: str, resource: str)
     return podresources.allocated_devices(socket, namespace, name, resource)
 
 
+def _open_pod_netns(netns: str) -> int:
+    """The pod's namespace for ADD and CHECK, where its absence is the caller's error."""
+    try:
+        return open_netns(netns)
+    except NamespaceGone:
+        raise CniError(ERR_UNKNOWN_CONTAINER, f"network namespace {netns} not found") from None
+
+
 class Executor:
     """The CNI commands; thread-safe, each call opens its own netlink sockets."""
 
@@ -319,12 +327,7 @@ class Executor:
     # ------------------------------------------------------------ ADD
 
     def add(self, request: CniRequest) -> dict[str, Any]:
-        try:
-            ns_fd = open_netns(request.netns)
-        except NamespaceGone:
-            raise CniError(
-                ERR_UNKNOWN_CONTAINER, f"network namespace {request.netns} not found"
-            ) from None
+        ns_fd = _open_pod_netns(request.netns)
         try:
             with IPRoute() as host_ipr:
                 host = Namespace(host_ipr)
@@ -553,12 +556,7 @@ class Executor:
         if ours is None:
             raise CniError(ERR_INVALID_CONFIG, f"prevResult has no interface {request.ifname}")
         expected, addresses = ours
-        try:
-            ns_fd = open_netns(request.netns)
-        except NamespaceGone:
-            raise CniError(
-                ERR_UNKNOWN_CONTAINER, f"network namespace {request.netns} not found"
-            ) from None
+        ns_fd = _open_pod_netns(request.netns)
         try:
             with netns_socket(ns_fd) as pod_ipr:
                 link = Namespace(pod_ipr).link(request.ifname, with_addresses=True)
