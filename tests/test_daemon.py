@@ -192,6 +192,7 @@ def test_sigterm_cleans_up_within_two_seconds(node, kubelet, daemons) -> None:
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
     d = start_daemon(daemons, node)
     conn = kubelet.wait_registered(VIRT, timeout=10)
+    conn.wait_snapshot(lambda s: "0000:01:00.0" in s.devices)  # the kubelet allocates what it saw
     conn.allocate(["0000:01:00.0"])
     assert list(node.devinfo.glob("*.json"))
     code, took = d.stop()
