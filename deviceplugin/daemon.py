@@ -69,22 +69,11 @@ class Snapshot:
     assignment: pools.Assignment
 
 
-def take_snapshot(
-    config: Config,
-    sysfs_root: Path,
-    routes: Callable[[], frozenset[str]] = default_route_interfaces,
-    known_netdevs: Mapping[str, str] | None = None,
-) -> Snapshot:
-    """Scan the node and assign its devices to the configured pools.
-
-    `known_netdevs` (PCI address → last netdev name seen) keeps a NIC whose
-    netdev moved into a pod in a pool that selects it by that name.
-    """
+def take_snapshot(config: Config, sysfs_root: Path) -> Snapshot:
+    """Scan the node and assign its devices to the configured pools (`netdp list`)."""
     node = sysfs.scan(sysfs_root)
-    ifaces = routes()
-    return Snapshot(
-        node, ifaces, pools.assign(node, config.pools, ifaces, known_netdevs=known_netdevs)
-    )
+    ifaces = default_route_interfaces()
+    return Snapshot(node, ifaces, pools.assign(node, config.pools, ifaces))
 
 
 class DaemonObserver:
@@ -172,10 +161,6 @@ class Daemon:
             max_delay=watch.HOTPLUG_MAX_DELAY_S,
             name="config-file",
         )
-
-    def ready(self) -> bool:
-        """Every pool serving and registered with the current kubelet (readiness probe)."""
-        return self.state is not None and self.registrar.all_registered()
 
     def registration_status(self) -> dict[str, bool]:
         """Per configured pool: serving and registered with the current kubelet.

@@ -86,10 +86,6 @@ class Registrar:
         """Ask for a reconcile soon (pools added, a socket restarted)."""
         self._wake.set()
 
-    def all_registered(self) -> bool:
-        current = kubelet_identity(self.plugin_dir)
-        return current is not None and all(s.registered_with == current for s in self._servers())
-
     async def run(self) -> None:
         """Reconcile on every directory event until cancelled."""
         self.plugin_dir.mkdir(parents=True, exist_ok=True)

@@ -87,7 +87,6 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._devices: dict[str, Device] = {}
         self._health: dict[str, Health] = {}
         self._version = 0
-        self._populated = False  # set by the first update()
         self._changed = asyncio.Condition()
         self._server: grpc.aio.Server | None = None
         self._socket_inode: int | None = None
@@ -120,10 +119,9 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         new_health = {i: health.get(i, Health.HEALTHY) for i in new_devices}
         before = self._snapshot()
         self._devices, self._health = new_devices, new_health
-        if before == self._snapshot() and self._populated:
+        if before == self._snapshot() and self._version > 0:  # version 0: never updated
             return False
         async with self._changed:
-            self._populated = True
             self._version += 1
             self._changed.notify_all()
         return True
