@@ -28,12 +28,18 @@ EXIT_CONFIG = 2
 EXIT_RUNTIME = 1
 
 
+class Refused(Exception):
+    """A bad flag or config file: printed as `netdp: <message>`, exit status 2,
+    before anything on the node is touched."""
+
+
 def _env_default(flag: str, default: str | None) -> str | None:
     return os.environ.get("NETDP_" + flag.upper().replace("-", "_"), default)
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
+    from deviceplugin.cni.shim import DEFAULT_SOCKET as CNI_SOCKET
     from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
 
     def flag(name: str, default: str | None, help_text: str) -> None:
@@ -49,7 +55,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("log-level", "info", "debug, info, warning or error")
     flag("log-format", None, "json or console; default: json unless stderr is a terminal")
     flag("metrics-address", ":9477", "/metrics, /healthz, /readyz listen address; '0' disables")
-    flag("cni-socket", "/run/netdp/cni.sock", "socket the ehost-device shim talks to; '' disables")
+    flag("cni-socket", CNI_SOCKET, "socket the ehost-device shim talks to; '' disables")
     _add_watch_flags(p)
 
 
@@ -69,15 +75,15 @@ def _add_watch_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _watch_settings(args: argparse.Namespace) -> tuple[str, float]:
-    """Validated `--watch` and `--rescan-interval`; ValueError names the flag."""
+    """Validated `--watch` and `--rescan-interval`; the refusal names the flag."""
     if args.watch not in ("auto", "periodic"):
-        raise ValueError(f"--watch: expected auto or periodic, got {args.watch!r}")
+        raise Refused(f"--watch: expected auto or periodic, got {args.watch!r}")
     try:
         interval = float(args.rescan_interval)
     except ValueError:
         interval = 0.0
     if not 0 < interval < float("inf"):
-        raise ValueError(
+        raise Refused(
             f"--rescan-interval: expected a number of seconds > 0, got {args.rescan_interval!r}"
         )
     return args.watch, interval
@@ -122,11 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Refused(Exception):
-    """A bad flag or config file: printed as `netdp: <message>`, exit status 2,
-    before anything on the node is touched."""
-
-
 def _load_config(path: str | Path | None) -> Config:
     from deviceplugin.config import ConfigError, default_config, load_config
 
@@ -136,30 +137,18 @@ def _load_config(path: str | Path | None) -> Config:
         raise Refused(f"invalid configuration: {exc}") from None
 
 
-def _flag_values(args: argparse.Namespace) -> tuple[str, float]:
-    try:
-        return _watch_settings(args)
-    except ValueError as exc:
-        raise Refused(str(exc)) from None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from deviceplugin import logs
     from deviceplugin.daemon import Settings, WatchMode
     from deviceplugin.metrics import parse_address
 
+    if args.log_format not in (None, "json", "console"):
+        raise Refused(f"--log-format: expected json or console, got {args.log_format!r}")
     try:
         logs.configure(args.log_level, args.log_format)
     except ValueError as exc:
-        print(f"netdp: --log-level: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.log_format not in (None, "json", "console"):
-        print(
-            f"netdp: --log-format: expected json or console, got {args.log_format!r}",
-            file=sys.stderr,
-        )
-        return EXIT_CONFIG
-    watch, rescan_interval = _flag_values(args)
+        raise Refused(f"--log-level: {exc}") from None
+    watch, rescan_interval = _watch_settings(args)
     try:
         metrics_address = parse_address(args.metrics_address)
     except ValueError as exc:
@@ -279,7 +268,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from deviceplugin import watch
     from deviceplugin.daemon import take_snapshot
 
-    watch_mode, rescan_interval = _flag_values(args)
+    watch_mode, rescan_interval = _watch_settings(args)
     config = _load_config(args.config)
     snapshot = take_snapshot(config, Path(args.sysfs_root))
     live = watch.probe(rescan_interval, periodic_only=watch_mode == "periodic")
