@@ -18,7 +18,6 @@ from deviceplugin.api.podresources.v1 import api_pb2, api_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 TIMEOUT_S = 5.0
 
 

@@ -35,6 +35,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from deviceplugin import sysfs
+from deviceplugin.api.constants import POD_RESOURCES_SOCKET
 from deviceplugin.cni import ipam
 from deviceplugin.cni.netlink import Link, Namespace, NamespaceGone, netns_socket, open_netns
 from deviceplugin.cni.types import (
@@ -67,7 +68,6 @@ from deviceplugin.model import Device, NetdevState
 log = structlog.get_logger(__name__)
 
 DEFAULT_LOCK_DIR = Path("/run/netdp/cni-locks")
-DEFAULT_POD_RESOURCES_SOCKET = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
 ALIAS_PREFIX = "netdp:"
 _ALIAS_FIELD = re.compile(r"(pci|orig|mtu)=([^;]*)")
 
@@ -79,7 +79,7 @@ PodDevicesLookup = Callable[[Path, str, str, str], list[str]]
 class Settings:
     sysfs_root: Path = Path("/sys")
     lock_dir: Path = DEFAULT_LOCK_DIR
-    pod_resources_socket: Path = DEFAULT_POD_RESOURCES_SOCKET
+    pod_resources_socket: Path = POD_RESOURCES_SOCKET
 
 
 @dataclass(frozen=True, slots=True)
@@ -658,7 +658,7 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings:
         sysfs_root=Path(environ.get("NETDP_SYSFS_ROOT") or "/sys"),
         lock_dir=Path(environ.get("NETDP_CNI_LOCK_DIR") or DEFAULT_LOCK_DIR),
         pod_resources_socket=Path(
-            environ.get("NETDP_POD_RESOURCES_SOCKET") or DEFAULT_POD_RESOURCES_SOCKET
+            environ.get("NETDP_POD_RESOURCES_SOCKET") or POD_RESOURCES_SOCKET
         ),
     )
 

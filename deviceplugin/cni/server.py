@@ -19,7 +19,6 @@ import structlog
 
 from deviceplugin.cni.executor import Executor, Settings, settings_from_env
 from deviceplugin.cni.shim import (
-    DEFAULT_SOCKET,
     MAX_MESSAGE,
     decode_request,
     encode_response,
@@ -28,12 +27,7 @@ from deviceplugin.cni.types import ERR_DECODE, CniError
 
 log = structlog.get_logger(__name__)
 
-SOCKET_ENV = "NETDP_CNI_SOCKET"
 READ_TIMEOUT_S = 30.0
-
-
-def default_socket_path() -> Path:
-    return Path(os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET)
 
 
 class CniServer:
