@@ -32,24 +32,15 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve()
-REPO = SCRIPT.parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, quantile, sh  # first: it puts the repo on sys.path
 
-from deviceplugin.cni.install import install_shim  # noqa: E402
-from deviceplugin.sim.fakesysfs import FakeSysfs, tmpfs_tempdir  # noqa: E402
+from deviceplugin.cni.install import install_shim
+from deviceplugin.sim.fakesysfs import FakeSysfs, tmpfs_tempdir
+
+SCRIPT = Path(__file__).resolve()
 
 CNI_BIN = "/usr/lib/cni"
 PCI = "0000:00:05.0"
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Lab:

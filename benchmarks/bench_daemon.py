@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import quantile
+
 from deviceplugin import pools, sysfs
 from deviceplugin.config import parse_config
 from deviceplugin.sim.fakesysfs import sriov_topology, tmpfs_tempdir
@@ -106,12 +108,11 @@ def bench_daemon(vfs: int, starts: int, calls: int) -> dict[str, float]:
                 finally:
                     proc.terminate()
                     proc.wait(timeout=10)
-    rtts.sort()
     return {
         "start_ms_median": statistics.median(start_times) * 1000,
         "start_ms_max": max(start_times) * 1000,
-        "alloc_p50_ms": rtts[len(rtts) // 2] * 1000,
-        "alloc_p99_ms": rtts[int(len(rtts) * 0.99) - 1] * 1000,
+        "alloc_p50_ms": quantile(rtts, 0.5) * 1000,
+        "alloc_p99_ms": quantile(rtts, 0.99) * 1000,
         "rss_mib": rss / 1024,
         "pss_mib": pss / 1024,
     }

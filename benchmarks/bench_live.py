@@ -30,26 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from common import REPO, quantile, sh
+from pyroute2 import IPRoute
 
-from pyroute2 import IPRoute  # noqa: E402
-
-from deviceplugin.sim.fakesysfs import sriov_topology, tmpfs_tempdir  # noqa: E402
-from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection, Snapshot  # noqa: E402
+from deviceplugin.sim.fakesysfs import sriov_topology, tmpfs_tempdir
+from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection, Snapshot
 
 VF_POOL, BURST_POOL, LINK_POOL = "bench.io/vf", "bench.io/burst", "bench.io/link"
 LINK_NIC = "0000:30:00.0"
 BURST_PF = "0000:40:00.0"
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def cpu_seconds(pid: int) -> float:
