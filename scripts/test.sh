@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need
 # (Debian's CNI plugins and iproute2 as root, the Python package with its test
-# extras), checks lint, then runs pytest. Extra arguments go to pytest.
+# extras), checks that kubectl is there, checks lint, then runs pytest. Extra
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,11 @@ if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
   fi
+fi
+# tests/test_deploy.py renders daemonset/ with kubectl's built-in kustomize.
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "kubectl not found: install kubectl 1.27 or newer (kustomize v5 built in)" >&2
+  exit 1
 fi
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
 "$PY" -m ruff check .

@@ -7,10 +7,9 @@ that does not exist) and what hadolint says about the Dockerfile. The
 manifests are compared with the code's own defaults (the argparse parser,
 module constants), so a change on either side fails here.
 
-There is no kustomize binary on PyPI for this Python, so `render` below is a
-minimal kustomize: only the fields daemonset/ uses, refusing every other one
-rather than rendering it wrongly, and tested against hand-made
-kustomizations at the end of this file.
+`kubectl kustomize` (kustomize v5, built into kubectl) renders daemonset/
+exactly as `kubectl apply -k` would; a machine without kubectl fails these
+tests and says what to install.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import functools
 import json
 import os
 import re
@@ -54,19 +54,10 @@ K8S_VERSION = kubernetes_validate.latest_version()
 
 
 # ---------------------------------------------------------------------------
-# A minimal kustomize.
+# Rendering with kubectl's kustomize.
 
-CLUSTER_SCOPED = frozenset(
-    {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass"}
-)
 WORKLOADS = frozenset({"DaemonSet", "Deployment", "StatefulSet", "ReplicaSet", "Job"})
-_KUSTOMIZATION_KEYS = frozenset(
-    {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
-)
-
-
-class KustomizeError(Exception):
-    pass
+KUSTOMIZE_MAJOR = 5  # `labels` with includeTemplates, the v5 image and namespace rules
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -88,63 +79,36 @@ def _containers(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from spec.get("containers", [])
 
 
-def _set_image(container: dict[str, Any], rule: dict[str, str]) -> None:
-    image = container["image"]
-    name, _, tag = image.partition("@")[0].rpartition(":") if ":" in image else (image, "", "")
-    if "/" in tag:  # the ':' was a registry port, there is no tag
-        name, tag = image, ""
-    if name != rule["name"]:
-        return
-    name = rule.get("newName", name)
-    tag = rule.get("newTag", tag)
-    container["image"] = f"{name}:{tag}" if tag else name
+@functools.cache
+def kubectl() -> str:
+    """kubectl with a kustomize v5 built in, or a failure that says what to install."""
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail(
+            f"kubectl not found on PATH: install kubectl (it has kustomize v{KUSTOMIZE_MAJOR} "
+            "built in) to render daemonset/ as `kubectl apply -k` does"
+        )
+    result = subprocess.run(
+        [found, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"{found} version: {result.stderr}"
+    version = json.loads(result.stdout).get("kustomizeVersion", "")
+    major = re.match(r"v?(\d+)\.", version)
+    if major is None or int(major[1]) < KUSTOMIZE_MAJOR:
+        pytest.fail(
+            f"{found} has kustomize {version or 'unknown'}: install a kubectl with kustomize "
+            f"v{KUSTOMIZE_MAJOR} or newer (kubectl 1.27+)"
+        )
+    return found
 
 
-def render(directory: Path) -> list[dict[str, Any]]:
-    """`kustomize build directory`, for resources, namespace, labels and images."""
-    kust = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kust) - _KUSTOMIZATION_KEYS
-    if unknown:
-        raise KustomizeError(f"{directory}: unsupported kustomization fields {sorted(unknown)}")
-    if kust.get("kind") != "Kustomization":
-        raise KustomizeError(f"{directory}: kind must be Kustomization")
-    for rule in kust.get("labels", []):
-        extra = set(rule) - {"pairs", "includeTemplates", "includeSelectors"}
-        if extra or rule.get("includeSelectors"):
-            raise KustomizeError(f"{directory}: unsupported labels options {rule}")
-    for rule in kust.get("images", []):
-        if set(rule) - {"name", "newName", "newTag"}:
-            raise KustomizeError(f"{directory}: unsupported images options {rule}")
-    out: list[dict[str, Any]] = []
-    for entry in kust.get("resources", []):
-        path = (directory / entry).resolve()
-        if path.is_dir() and path in directory.resolve().parents:
-            # kustomize refuses a base that contains the kustomization using it.
-            raise KustomizeError(f"{directory}: {entry} contains this kustomization")
-        out.extend(render(path) if path.is_dir() else load_documents(path))
-    out = copy.deepcopy(out)
-    namespace = kust.get("namespace")
-    for res in out:
-        meta = res.setdefault("metadata", {})
-        if namespace and res["kind"] == "Namespace" and meta["name"] != namespace:
-            raise KustomizeError(f"{directory}: Namespace {meta['name']} != {namespace}")
-        if namespace and res["kind"] not in CLUSTER_SCOPED:
-            meta["namespace"] = namespace
-        for rule in kust.get("labels", []):
-            meta.setdefault("labels", {}).update(rule["pairs"])
-            if rule.get("includeTemplates") and res["kind"] in WORKLOADS:
-                template = res["spec"]["template"].setdefault("metadata", {})
-                template.setdefault("labels", {}).update(rule["pairs"])
-        for rule in kust.get("images", []):
-            for container in _containers(res):
-                _set_image(container, rule)
-    seen: set[tuple[str, str, str | None]] = set()
-    for res in out:
-        key = (res["kind"], res["metadata"]["name"], res["metadata"].get("namespace"))
-        if key in seen:
-            raise KustomizeError(f"{directory}: {key} defined twice")
-        seen.add(key)
-    return out
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize directory`: what `kubectl apply -k` would send to the API server."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory}: {result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 # ---------------------------------------------------------------------------
@@ -153,7 +117,7 @@ def render(directory: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def rendered() -> list[dict[str, Any]]:
-    return render(DEPLOY)
+    return kustomize(DEPLOY)
 
 
 def one(resources: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -228,8 +192,9 @@ def pools(config: Config) -> list[tuple[Any, ...]]:
 # Schemas.
 
 
-def all_manifests() -> list[tuple[str, dict[str, Any]]]:
-    docs = [("kustomization", r) for r in render(DEPLOY)]
+def manifest_files() -> list[tuple[str, dict[str, Any]]]:
+    """Every manifest as written, the kustomization's inputs and the extra files alike."""
+    docs = []
     for path in sorted([*DEPLOY.glob("*.yaml"), *EXAMPLES.glob("*.yaml")]):
         if path.name != "kustomization.yaml":
             docs.extend((path.relative_to(REPO).as_posix(), d) for d in load_documents(path))
@@ -256,12 +221,8 @@ def crd_validator(schema_file: str) -> jsonschema.Validator:
     return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
-@pytest.mark.parametrize(
-    "source,resource",
-    all_manifests(),
-    ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}",
-)
-def test_manifest_matches_its_schema(source: str, resource: dict[str, Any]) -> None:
+def validate(resource: dict[str, Any]) -> None:
+    """As the API server would: our CRD schemas for CRDs, Kubernetes' strict schemas else."""
     key = (resource["apiVersion"], resource["kind"])
     if key in CRD_SCHEMAS:
         crd_validator(CRD_SCHEMAS[key]).validate(resource)
@@ -269,20 +230,40 @@ def test_manifest_matches_its_schema(source: str, resource: dict[str, Any]) -> N
         kubernetes_validate.validate(resource, K8S_VERSION, strict=True)
 
 
-def test_schemas_reject_what_the_api_server_would() -> None:
+@pytest.mark.parametrize(
+    "source,resource",
+    manifest_files(),
+    ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}",
+)
+def test_manifest_matches_its_schema(source: str, resource: dict[str, Any]) -> None:
+    validate(resource)
+
+
+def test_rendered_kustomization_matches_its_schemas(rendered: list[dict[str, Any]]) -> None:
+    """What `kubectl apply -k daemonset/` sends, after kustomize set namespace, labels, image."""
+    problems = []
+    for resource in rendered:
+        try:
+            validate(resource)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError) as err:
+            problems.append(f"{resource['kind']}/{resource['metadata']['name']}: {err}")
+    assert not problems, "\n".join(problems)
+
+
+def test_schemas_reject_what_the_api_server_would(rendered: list[dict[str, Any]]) -> None:
     """The validators are not vacuous: a typo'd field fails each kind we ship."""
-    ds = copy.deepcopy(one(render(DEPLOY), "DaemonSet"))
+    ds = copy.deepcopy(one(rendered, "DaemonSet"))
     ds["spec"]["template"]["spec"]["hostNetworking"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(ds, K8S_VERSION, strict=True)
+        validate(ds)
     nad = load_documents(EXAMPLES / "nad-ehost-device.yaml")[0]
     nad["spec"]["configs"] = nad["spec"].pop("config")
     with pytest.raises(jsonschema.ValidationError):
-        crd_validator(CRD_SCHEMAS[(nad["apiVersion"], nad["kind"])]).validate(nad)
+        validate(nad)
     pm = load_documents(DEPLOY / "podmonitor.yaml")[0]
     pm["spec"]["podMetricsEndpoints"][0]["interval"] = "30 seconds"
     with pytest.raises(jsonschema.ValidationError):
-        crd_validator(CRD_SCHEMAS[(pm["apiVersion"], pm["kind"])]).validate(pm)
+        validate(pm)
 
 
 # ---------------------------------------------------------------------------
@@ -655,60 +636,3 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     rules = (REPO / ".dockerignore").read_text().split()
     assert "*" in rules
     assert {"!pyproject.toml", "!README.md", "!deviceplugin/"} <= set(rules)
-
-
-# ---------------------------------------------------------------------------
-# The renderer itself.
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def test_render_namespace_labels_images_and_nested_bases(tmp_path: Path) -> None:
-    write(
-        tmp_path / "base/kustomization.yaml",
-        "kind: Kustomization\nresources: [app.yaml]\nimages: [{name: app, newTag: '2'}]\n",
-    )
-    write(
-        tmp_path / "base/app.yaml",
-        "kind: Deployment\nmetadata: {name: app}\nspec:\n  selector: {matchLabels: {a: b}}\n"
-        "  template:\n    metadata: {labels: {a: b}}\n    spec:\n"
-        "      initContainers: [{name: i, image: 'reg:5000/app'}]\n"
-        "      containers: [{name: c, image: 'app:1'}, {name: d, image: other:1}]\n"
-        "---\nkind: Namespace\nmetadata: {name: ns}\n",
-    )
-    write(
-        tmp_path / "top/kustomization.yaml",
-        "kind: Kustomization\nnamespace: ns\nresources: [../base]\n"
-        "labels: [{pairs: {x: y}, includeTemplates: true}]\n"
-        "images: [{name: reg:5000/app, newName: mirror/app, newTag: '3'}]\n",
-    )
-    out = render(tmp_path / "top")
-    dep, ns = out
-    assert dep["metadata"] == {"name": "app", "namespace": "ns", "labels": {"x": "y"}}
-    assert ns["metadata"] == {"name": "ns", "labels": {"x": "y"}}
-    assert dep["spec"]["selector"] == {"matchLabels": {"a": "b"}}
-    assert dep["spec"]["template"]["metadata"]["labels"] == {"a": "b", "x": "y"}
-    images = [c["image"] for c in _containers(dep)]
-    assert images == ["mirror/app:3", "app:2", "other:1"]
-    assert load_documents(tmp_path / "base/app.yaml")[0]["metadata"] == {"name": "app"}
-
-
-@pytest.mark.parametrize(
-    "kustomization",
-    [
-        "kind: Kustomization\npatches: []\n",
-        "kind: Kustomization\nlabels: [{pairs: {a: b}, includeSelectors: true}]\n",
-        "kind: Kustomization\nimages: [{name: a, digest: 'sha256:0'}]\nresources: [r.yaml]\n",
-        "kind: Kustomization\nnamespace: other\nresources: [r.yaml]\n",
-        "kind: Kustomization\nresources: [r.yaml, r.yaml]\n",
-        "kind: Component\n",
-    ],
-)
-def test_render_refuses_what_it_does_not_implement(tmp_path: Path, kustomization: str) -> None:
-    write(tmp_path / "kustomization.yaml", kustomization)
-    write(tmp_path / "r.yaml", "kind: Namespace\nmetadata: {name: ns}\n")
-    with pytest.raises(KustomizeError):
-        render(tmp_path)
