@@ -30,6 +30,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,12 +111,17 @@ def parse_operstate(text: str) -> str:
     return value
 
 
+def _matching(pattern: re.Pattern[str], what: str, text: str) -> str:
+    """`text` trimmed and lowercased when all of it is `pattern` (sysfs may write either case)."""
+    value = text.strip().lower()
+    if not pattern.fullmatch(value):
+        raise ValueError(f"not {what}: {_clip(text)}")
+    return value
+
+
 def parse_mac(text: str) -> str:
     """Colon-separated hex octets: 6 for Ethernet, 20 for InfiniBand."""
-    value = text.strip().lower()
-    if not _MAC.fullmatch(value):
-        raise ValueError(f"not a hardware address: {_clip(text)}")
-    return value
+    return _matching(_MAC, "a hardware address", text)
 
 
 def link_type_name(arphrd: int) -> str:
@@ -128,25 +134,26 @@ def parse_link_type(text: str) -> str:
 
 
 def parse_pci_address(text: str) -> str:
-    value = text.strip().lower()
-    if not _PCI_ADDRESS.fullmatch(value):
-        raise ValueError(f"not a PCI address: {_clip(text)}")
-    return value
+    return _matching(_PCI_ADDRESS, "a PCI address", text)
+
+
+def _link_name(target: str) -> str:
+    return target.rstrip("/").rpartition("/")[2]
 
 
 def pci_address_of_link(target: str) -> str:
     """`physfn -> ../0000:05:00.0` and `virtfnN -> ../0000:05:10.0` name a PCI function."""
-    return parse_pci_address(target.rstrip("/").rpartition("/")[2])
+    return parse_pci_address(_link_name(target))
 
 
 def iommu_group_of_link(target: str) -> int:
     """`iommu_group -> ../../../kernel/iommu_groups/17` -> 17."""
-    return parse_int(target.rstrip("/").rpartition("/")[2])
+    return parse_int(_link_name(target))
 
 
 def driver_of_link(target: str) -> str:
     """`driver -> ../../../bus/pci/drivers/igbvf` -> `igbvf`."""
-    name = target.rstrip("/").rpartition("/")[2]
+    name = _link_name(target)
     if not name:
         raise ValueError(f"empty driver link: {_clip(target)}")
     return name
@@ -228,31 +235,30 @@ def _required(dir_fd: int, name: str, parse: Callable[[str], T]) -> T:
         raise _Skip(f"{name}: {exc}") from None
 
 
+def _tolerant(
+    read: Callable[[], str], what: str, parse: Callable[[str], T], warnings: list[str], default: T
+) -> T:
+    """Absent is normal (not every device has every file or link); broken is worth a warning."""
+    try:
+        return parse(read())
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        warnings.append(f"{what} unreadable: {exc.strerror}")
+    except ValueError as exc:
+        warnings.append(f"{what}: {exc}")
+    return default
+
+
 def _optional(
     dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T
 ) -> T:
-    """Absent is normal (not every device has every file); broken is worth a warning."""
-    try:
-        return parse(_read_text(name, dir_fd))
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        warnings.append(f"{name} unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"{name}: {exc}")
-    return default
+    return _tolerant(partial(_read_text, name, dir_fd), name, parse, warnings, default)
 
 
 def _link(dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T) -> T:
-    try:
-        return parse(os.readlink(name, dir_fd=dir_fd))
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        warnings.append(f"{name} link unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"{name} link: {exc}")
-    return default
+    read = partial(os.readlink, name, dir_fd=dir_fd)
+    return _tolerant(read, f"{name} link", parse, warnings, default)
 
 
 def _carrier(dir_fd: int, path: str, warnings: list[str]) -> bool | None:
