@@ -34,7 +34,8 @@ from common import REPO, quantile, sh
 from pyroute2 import IPRoute
 
 from deviceplugin.sim.fakesysfs import sriov_topology, tmpfs_tempdir
-from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection, Snapshot
+from deviceplugin.sim.kubelet import KubeletStandIn
+from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
 
 VF_POOL, BURST_POOL, LINK_POOL = "bench.io/vf", "bench.io/burst", "bench.io/link"
 LINK_NIC = "0000:30:00.0"

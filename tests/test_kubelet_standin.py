@@ -23,13 +23,8 @@ from deviceplugin.api.podresources.v1 import api_pb2 as pr_pb2
 from deviceplugin.api.podresources.v1 import api_pb2_grpc as pr_grpc
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.model import Health
-from deviceplugin.sim.kubelet import (
-    DeviceView,
-    KubeletStandIn,
-    Snapshot,
-    remove_sockets,
-    snapshot_from_response,
-)
+from deviceplugin.sim.kubelet import KubeletStandIn, remove_sockets
+from deviceplugin.sim.plugin_connection import DeviceView, Snapshot, snapshot_from_response
 from deviceplugin.sim.podresources import PodResourcesStandIn
 
 RESOURCE = "example.com/nic"

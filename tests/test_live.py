@@ -33,7 +33,7 @@ from deviceplugin.daemon import Daemon, DaemonObserver, Settings
 from deviceplugin.diff import NodeState
 from deviceplugin.model import Health
 from deviceplugin.sim.fakesysfs import FakeSysfs, virtio_lab
-from deviceplugin.sim.kubelet import Snapshot
+from deviceplugin.sim.plugin_connection import Snapshot
 from deviceplugin.watch import Uevent
 
 VIRT = "kernel.org/virt"

@@ -12,8 +12,9 @@ follows what the kubelet's device manager does:
   UNKNOWN). Two deliberate additions make mistakes visible at once instead of
   after the kubelet's 10 s dial timeout: the endpoint must be a bare file name
   and a socket must exist there.
-- After a successful registration it keeps a `ListAndWatch` stream open and
-  records every snapshot with a monotonic timestamp.
+- After a successful registration it keeps a `ListAndWatch` stream open
+  through a `PluginConnection` (`sim/plugin_connection.py`), which records
+  every snapshot with a monotonic timestamp.
 - A new registration of the same resource replaces the previous connection,
   and a connection whose ListAndWatch stream ends is dropped, so
   `connections` holds only plugins the kubelet would still be using.
@@ -31,18 +32,19 @@ from __future__ import annotations
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 import structlog
 
-from deviceplugin.api.constants import HEALTHY, KUBELET_SOCKET_NAME, SUPPORTED_VERSIONS
+from deviceplugin.api.constants import KUBELET_SOCKET_NAME, SUPPORTED_VERSIONS
 from deviceplugin.api.names import extended_resource_name_problems
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.sim.plugin_connection import PluginConnection
+from deviceplugin.sim.standin import StandIn, serve_unix
 
 log = structlog.get_logger(__name__)
 
@@ -51,27 +53,6 @@ log = structlog.get_logger(__name__)
 _CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 
 Rejecter = Callable[[api_pb2.RegisterRequest], str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceView:
-    """One device as the kubelet saw it in a ListAndWatch message."""
-
-    health: str
-    numa_nodes: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One ListAndWatch message: the plugin's complete device list at `at` (time.monotonic())."""
-
-    at: float
-    devices: Mapping[str, DeviceView]
-
-    @property
-    def healthy(self) -> frozenset[str]:
-        """IDs the kubelet would count as allocatable capacity."""
-        return frozenset(i for i, d in self.devices.items() if d.health == HEALTHY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,18 +69,6 @@ class RegistrationAttempt:
     @property
     def accepted(self) -> bool:
         return self.error is None
-
-
-def snapshot_from_response(response: api_pb2.ListAndWatchResponse, at: float) -> Snapshot:
-    """Reduce a ListAndWatch message to what the kubelet keeps: health and NUMA nodes per ID."""
-    devices = {
-        d.ID: DeviceView(
-            health=d.health,
-            numa_nodes=tuple(n.ID for n in d.topology.nodes) if d.HasField("topology") else (),
-        )
-        for d in response.devices
-    }
-    return Snapshot(at=at, devices=devices)
 
 
 def register_problem(request: api_pb2.RegisterRequest, plugin_dir: Path) -> str | None:
@@ -124,170 +93,6 @@ def register_problem(request: api_pb2.RegisterRequest, plugin_dir: Path) -> str 
     return None
 
 
-class PluginConnection:
-    """The stand-in's client connection to one registered plugin.
-
-    Holds the plugin's options, the recorded ListAndWatch snapshots and a
-    stub for driving the plugin the way the kubelet would. `dropped` turns
-    true once its stream ended and the stand-in let go of it.
-    """
-
-    def __init__(
-        self,
-        resource: str,
-        endpoint: str,
-        socket_path: Path,
-        channel: grpc.Channel,
-        options: api_pb2.DevicePluginOptions,
-        on_stream_end: Callable[[PluginConnection], None] | None = None,
-    ) -> None:
-        self.resource = resource
-        self.endpoint = endpoint
-        self.socket_path = socket_path
-        self.options = options
-        self.registered_at = time.monotonic()
-        self.stub = api_pb2_grpc.DevicePluginStub(channel)
-        self._channel = channel
-        self._cond = threading.Condition()
-        self._snapshots: list[Snapshot] = []
-        self._stream_end: grpc.StatusCode | None = None
-        self._on_stream_end = on_stream_end
-        # Set under the stand-in's lock once the stand-in has let go of this connection.
-        self.dropped = False
-        self._stream = self.stub.ListAndWatch(api_pb2.Empty())
-        self._thread = threading.Thread(
-            target=self._watch, name=f"standin-listandwatch-{resource}", daemon=True
-        )
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"PluginConnection({self.resource!r}, endpoint={self.endpoint!r})"
-
-    def _watch(self) -> None:
-        code = grpc.StatusCode.OK
-        try:
-            for response in self._stream:
-                snapshot = snapshot_from_response(response, time.monotonic())
-                with self._cond:
-                    self._snapshots.append(snapshot)
-                    self._cond.notify_all()
-                log.debug(
-                    "kubelet_standin.snapshot",
-                    resource=self.resource,
-                    devices=len(snapshot.devices),
-                    healthy=len(snapshot.healthy),
-                )
-        except grpc.RpcError as err:
-            code = err.code()
-        log.info("kubelet_standin.stream_end", resource=self.resource, code=code.name)
-        if self._on_stream_end is not None:
-            self._on_stream_end(self)
-        with self._cond:
-            self._stream_end = code
-            self._cond.notify_all()
-
-    @property
-    def snapshots(self) -> list[Snapshot]:
-        """Every snapshot received so far, oldest first (a copy)."""
-        with self._cond:
-            return list(self._snapshots)
-
-    def latest(self) -> Snapshot | None:
-        with self._cond:
-            return self._snapshots[-1] if self._snapshots else None
-
-    def wait_snapshot(
-        self,
-        predicate: Callable[[Snapshot], bool] | None = None,
-        timeout: float = 5.0,
-        *,
-        newer_than: Snapshot | None = None,
-    ) -> Snapshot:
-        """Wait until the latest snapshot satisfies `predicate` (any snapshot when None).
-
-        Only the latest one counts, as for the kubelet, so a state the plugin
-        passed through quickly may be missed. With `newer_than`, the snapshot
-        must also have arrived after that one. Raises TimeoutError.
-        """
-
-        with self._cond:
-            first = 0 if newer_than is None else self._index(newer_than) + 1
-
-            def ready() -> Snapshot | None:
-                if len(self._snapshots) <= first:
-                    return None
-                last = self._snapshots[-1]
-                return last if predicate is None or predicate(last) else None
-
-            found = self._cond.wait_for(ready, timeout)
-            if found is None:
-                last = self._snapshots[-1] if self._snapshots else None
-                raise TimeoutError(
-                    f"{self.resource}: no matching ListAndWatch snapshot within {timeout}s "
-                    f"({len(self._snapshots)} received, latest {last})"
-                )
-            return found
-
-    def _index(self, snapshot: Snapshot) -> int:
-        for i, s in enumerate(self._snapshots):
-            if s is snapshot:
-                return i
-        raise ValueError(f"{snapshot} was not received on this connection")
-
-    @property
-    def stream_end(self) -> grpc.StatusCode | None:
-        """How ListAndWatch ended: None while open, OK if the plugin ended it, else the error."""
-        with self._cond:
-            return self._stream_end
-
-    def wait_stream_end(self, timeout: float = 5.0) -> grpc.StatusCode:
-        """Wait until ListAndWatch ends (plugin stopped, connection closed); raises TimeoutError."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._stream_end is not None, timeout):
-                raise TimeoutError(f"{self.resource}: ListAndWatch still open after {timeout}s")
-            assert self._stream_end is not None
-            return self._stream_end
-
-    def allocate(
-        self, *container_device_ids: Sequence[str], timeout: float = 5.0
-    ) -> api_pb2.AllocateResponse:
-        """Allocate, one argument per container; a plugin refusal raises its grpc.RpcError."""
-        request = api_pb2.AllocateRequest(
-            container_requests=[
-                api_pb2.ContainerAllocateRequest(devices_ids=list(ids))
-                for ids in container_device_ids
-            ]
-        )
-        return self.stub.Allocate(request, timeout=timeout)
-
-    def preferred(
-        self,
-        available: Sequence[str],
-        must_include: Sequence[str],
-        size: int,
-        *,
-        timeout: float = 5.0,
-    ) -> list[str]:
-        """GetPreferredAllocation for one container; returns the device IDs the plugin prefers."""
-        request = api_pb2.PreferredAllocationRequest(
-            container_requests=[
-                api_pb2.ContainerPreferredAllocationRequest(
-                    available_deviceIDs=list(available),
-                    must_include_deviceIDs=list(must_include),
-                    allocation_size=size,
-                )
-            ]
-        )
-        response = self.stub.GetPreferredAllocation(request, timeout=timeout)
-        return [i for c in response.container_responses for i in c.deviceIDs]
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Cancel ListAndWatch and close the channel, like the kubelet disconnecting a plugin."""
-        self._stream.cancel()
-        self._channel.close()
-        self._thread.join(timeout)
-
-
 class _RegistrationServicer(api_pb2_grpc.RegistrationServicer):
     def __init__(self, standin: KubeletStandIn, generation: int) -> None:
         self._standin = standin
@@ -302,7 +107,7 @@ class _RegistrationServicer(api_pb2_grpc.RegistrationServicer):
         return api_pb2.Empty()
 
 
-class KubeletStandIn:
+class KubeletStandIn(StandIn):
     """Serves Registration on `<plugin_dir>/kubelet.sock` and talks back to the plugins.
 
     `reject`, if given, is asked after the kubelet's own checks pass; a string
@@ -353,16 +158,16 @@ class KubeletStandIn:
             if clean:
                 removed = remove_sockets(self.plugin_dir)
                 log.info("kubelet_standin.cleaned", dir=str(self.plugin_dir), removed=removed)
-            server = grpc.server(
-                futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="standin-kubelet")
-            )
             self._generation += 1
-            api_pb2_grpc.add_RegistrationServicer_to_server(
-                _RegistrationServicer(self, self._generation), server
+            self._server = serve_unix(
+                self.socket_path,
+                partial(
+                    api_pb2_grpc.add_RegistrationServicer_to_server,
+                    _RegistrationServicer(self, self._generation),
+                ),
+                workers=8,
+                name="kubelet",
             )
-            server.add_insecure_port(f"unix:{self.socket_path}")
-            server.start()
-            self._server = server
         log.info("kubelet_standin.started", socket=str(self.socket_path))
 
     def stop(self) -> None:
@@ -382,18 +187,6 @@ class KubeletStandIn:
         """A kubelet restart as plugins see it: disconnect, sockets deleted, new kubelet.sock."""
         self.stop()
         self.start(clean=True)
-
-    def __enter__(self) -> KubeletStandIn:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def registrations(self) -> list[RegistrationAttempt]:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent import futures
+from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 import structlog
 
 from deviceplugin.api.podresources.v1 import api_pb2, api_pb2_grpc
+from deviceplugin.sim.standin import StandIn, serve_unix
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ class _Servicer(api_pb2_grpc.PodResourcesListerServicer):
         return api_pb2.AllocatableResourcesResponse(devices=self._standin._allocatable())
 
 
-class PodResourcesStandIn:
+class PodResourcesStandIn(StandIn):
     """Serves PodResourcesLister on `socket_path` from a table set by the test.
 
     `calls` lists the method names served, in order, so a test can tell
@@ -129,13 +129,12 @@ class PodResourcesStandIn:
         if self._server is not None:
             raise RuntimeError("PodResources stand-in already started")
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="standin-podresources")
+        self._server = serve_unix(
+            self.socket_path,
+            partial(api_pb2_grpc.add_PodResourcesListerServicer_to_server, _Servicer(self)),
+            workers=4,
+            name="podresources",
         )
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Servicer(self), server)
-        server.add_insecure_port(f"unix:{self.socket_path}")
-        server.start()
-        self._server = server
         log.info("podresources_standin.started", socket=str(self.socket_path))
 
     def stop(self) -> None:
@@ -143,15 +142,3 @@ class PodResourcesStandIn:
         if server is not None:
             server.stop(grace=None).wait()
             log.info("podresources_standin.stopped", socket=str(self.socket_path))
-
-    def __enter__(self) -> PodResourcesStandIn:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -46,7 +46,8 @@ from deviceplugin.allocation import env_var_name
 from deviceplugin.cni.install import install_shim
 from deviceplugin.config import default_config, load_config
 from deviceplugin.daemon import take_snapshot
-from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection, Snapshot
+from deviceplugin.sim.kubelet import KubeletStandIn
+from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
 
 VIRT = "kernel.org/virt"
 SRIOV = "kernel.org/sriov"
