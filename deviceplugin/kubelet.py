@@ -156,7 +156,7 @@ class Registrar:
                 if self._on_registration:
                     self._on_registration(server.resource_name, False)
                 continue
-            server.registered_with = current
+            server.mark_registered(current)
             self._backoff.pop(server.resource_name, None)
             self._retry_at.pop(server.resource_name, None)
             server.log.info("registered", endpoint=server.socket_path.name, version=API_VERSION)

@@ -39,8 +39,8 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from deviceplugin import __version__, diff
-from deviceplugin.daemon import DaemonObserver
 from deviceplugin.model import Device, Health
+from deviceplugin.observer import DaemonObserver
 
 log = structlog.get_logger(__name__)
 

@@ -79,7 +79,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         on_allocate: AllocateObserver | None = None,
         on_preferred: PreferredObserver | None = None,
     ) -> None:
-        self.pool = pool
+        self._spec = pool
         self.resource_name = pool.resource_name
         self.socket_path = plugin_dir / socket_name(pool.resource_name)
         self._devinfo_dir = devinfo_dir
@@ -93,11 +93,40 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._stopping = False
         self._on_allocate = on_allocate
         self._on_preferred = on_preferred
-        # identity of the kubelet.sock we registered with (see kubelet.kubelet_identity)
-        self.registered_with: object | None = None
+        self._registered_with: object | None = None
         self.log = log.bind(resource=pool.resource_name)
 
     # ---- state -------------------------------------------------------------------------
+    @property
+    def spec(self) -> PoolSpec:
+        """The pool's settings; they change only through `respecify`."""
+        return self._spec
+
+    @property
+    def registered_with(self) -> object | None:
+        """Identity of the kubelet.sock this socket is registered with (see
+        `kubelet.kubelet_identity`); None before that and after every restart."""
+        return self._registered_with
+
+    def mark_registered(self, kubelet: object) -> None:
+        """The kubelet identified by `kubelet` accepted this socket's Register call."""
+        self._registered_with = kubelet
+
+    async def respecify(self, spec: PoolSpec) -> bool:
+        """Take new settings under the same name; returns whether the pool must re-register.
+
+        Whether NUMA nodes are advertised is part of what the kubelet saw, so
+        that change restarts the socket (the kubelet drops the old
+        registration with it); other settings apply from the next answer on.
+        """
+        if spec.resource_name != self.resource_name:
+            raise ValueError(f"{self.resource_name} cannot become {spec.resource_name}")
+        reregister = spec.exclude_topology != self._spec.exclude_topology
+        self._spec = spec
+        if reregister:
+            await self.restart()
+        return reregister
+
     @property
     def devices(self) -> tuple[Device, ...]:
         return tuple(self._devices.values())
@@ -128,7 +157,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
 
     def _snapshot(self) -> api_pb2.ListAndWatchResponse:
         return snapshot_message(
-            self.devices, self._health, exclude_topology=self.pool.exclude_topology
+            self.devices, self._health, exclude_topology=self._spec.exclude_topology
         )
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -143,7 +172,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._server = server
         self._stopping = False
         self._socket_inode = os.stat(self.socket_path).st_ino
-        self.registered_with = None
+        self._registered_with = None
         self.log.info("pool_server_started", socket=str(self.socket_path))
 
     async def stop(self, grace: float = 0.2) -> None:
@@ -157,7 +186,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         if self.socket_alive():
             self.socket_path.unlink(missing_ok=True)
         self._socket_inode = None
-        self.registered_with = None
+        self._registered_with = None
 
     async def restart(self) -> None:
         await self.stop(grace=0)
@@ -229,7 +258,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
             for req in request.container_requests:
                 ids = list(req.devices_ids)
                 result = allocation.container_allocation(
-                    self.resource_name, self._devices, ids, self.pool.additional_info
+                    self.resource_name, self._devices, ids, self._spec.additional_info
                 )
                 responses.append(
                     api_pb2.ContainerAllocateResponse(

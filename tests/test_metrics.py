@@ -18,7 +18,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from deviceplugin.daemon import DaemonObserver
 from deviceplugin.diff import NodeState, PoolState
 from deviceplugin.health import Verdict
 from deviceplugin.metrics import (
@@ -31,6 +30,7 @@ from deviceplugin.metrics import (
     readiness,
 )
 from deviceplugin.model import Device, Health, NetDev, NodeDevices
+from deviceplugin.observer import DaemonObserver
 from deviceplugin.pools import PoolSpec
 
 VIRT, SRIOV = "kernel.org/virt", "intel.com/sriov_a"
