@@ -42,6 +42,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
     from deviceplugin.cni.shim import DEFAULT_SOCKET as CNI_SOCKET
     from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
+    from deviceplugin.listen_address import DEFAULT_ADDRESS
 
     def flag(name: str, default: str | None, help_text: str) -> None:
         env = "NETDP_" + name.upper().replace("-", "_")
@@ -55,7 +56,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("devinfo-dir", str(DEFAULT_DEVINFO_DIR), "device-info spec directory ('' disables)")
     flag("log-level", "info", "debug, info, warning or error")
     flag("log-format", None, "json or console; default: json unless stderr is a terminal")
-    flag("metrics-address", ":9477", "/metrics, /healthz, /readyz listen address; '0' disables")
+    flag(
+        "metrics-address",
+        DEFAULT_ADDRESS,
+        "/metrics, /healthz, /readyz listen address; '0' disables",
+    )
     flag("cni-socket", CNI_SOCKET, "socket the ehost-device shim talks to; '' disables")
     _add_watch_flags(p)
 
@@ -141,7 +146,7 @@ def _load_config(path: str | Path | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from deviceplugin import logs
     from deviceplugin.daemon import Settings, WatchMode
-    from deviceplugin.metrics import parse_address
+    from deviceplugin.listen_address import parse_address
 
     if args.log_format not in (None, "json", "console"):
         raise Refused(f"--log-format: expected json or console, got {args.log_format!r}")
@@ -182,7 +187,8 @@ async def _serve(
     """
     from deviceplugin.cni.server import CniServer
     from deviceplugin.daemon import Daemon
-    from deviceplugin.metrics import Metrics, MetricsServer, readiness
+    from deviceplugin.http_endpoint import MetricsServer, readiness
+    from deviceplugin.metrics import Metrics
 
     metrics = Metrics()
     daemon = Daemon(config, settings, observer=metrics)
