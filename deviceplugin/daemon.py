@@ -197,7 +197,7 @@ class Daemon:
     async def _apply(self, placement: diff.Placement) -> tuple[diff.NodeState, list[str]]:
         """Go from the current state to the one this scan gives; returns it and the pools
         whose kubelet-visible state changed."""
-        state = diff.build_state(placement, self.config.pools, self._current_links(), self.state)
+        state = diff.build_state(placement, self._current_links(), self.state)
         changes = diff.diff(self.state, state)
         for resource in changes.removed_pools:
             await self._remove_pool(resource)

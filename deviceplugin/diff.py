@@ -40,10 +40,11 @@ class PoolState:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """One scan's devices in their pools: what a link change re-judges without a rescan."""
+    """One scan's devices in the configured pools: what a link change re-judges."""
 
     node: NodeDevices
     default_route_ifaces: frozenset[str]
+    specs: tuple[PoolSpec, ...]
     assignment: Assignment
 
 
@@ -53,9 +54,9 @@ def place(
     specs: Sequence[PoolSpec],
     known_netdevs: Mapping[str, str] | None = None,
 ) -> Placement:
-    """Assign a scan's devices to the pools (`pools.assign`), keeping what it was given."""
+    """A scan assigned to the pools (`pools.assign`), with the inputs the verdicts need."""
     assignment = assign(node, specs, default_route_ifaces, known_netdevs=known_netdevs)
-    return Placement(node, default_route_ifaces, assignment)
+    return Placement(node, default_route_ifaces, tuple(specs), assignment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,19 +81,15 @@ class NodeState:
 
 
 def build_state(
-    placement: Placement,
-    specs: Sequence[PoolSpec],
-    links: Mapping[str, LinkState],
-    previous: NodeState | None = None,
+    placement: Placement, links: Mapping[str, LinkState], previous: NodeState | None = None
 ) -> NodeState:
     """Judge every pool member's health; `previous` supplies the last verdicts.
 
-    `specs` are the pools `placement` was assigned to. A member that lost its
-    driver keeps its place, Unhealthy, until a driver is bound again: a rebind
-    (to vfio-pci, say) passes through "unbound", and a pod may still hold the
-    device. The pool assignment alone would drop it.
+    A member that lost its driver keeps its place, Unhealthy, until a driver
+    is bound again: a rebind (to vfio-pci, say) passes through "unbound", and
+    a pod may still hold the device. The pool assignment alone would drop it.
     """
-    node, assignment = placement.node, placement.assignment
+    node, assignment, specs = placement.node, placement.assignment, placement.specs
     kept = _unbound_members(node, assignment, previous, {s.resource_name for s in specs})
     excluded = {a: why for a, why in assignment.excluded.items() if a not in kept}
     last = previous.verdicts if previous else {}

@@ -127,9 +127,7 @@ class Registrar:
         for server in list(self._servers()):
             if server not in self._servers():
                 continue  # removed by a reload while we awaited a registration
-            if not server.socket_alive():
-                server.log.warning("plugin_socket_removed_restarting")
-                await server.restart()
+            await server.revive()
             if current is None or server.registered_with == current:
                 continue
             now = loop.time()

@@ -88,6 +88,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._health: dict[str, Health] = {}
         self._version = 0
         self._changed = asyncio.Condition()
+        self._lifecycle = asyncio.Lock()
         self._server: grpc.aio.Server | None = None
         self._socket_inode: int | None = None
         self._stopping = False
@@ -161,8 +162,35 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         )
 
     # ---- lifecycle ---------------------------------------------------------------------
+    # One transition at a time: the daemon (re-specifying a pool) and the registrar
+    # (reviving a socket the kubelet deleted) may both want one at the same moment.
     async def start(self) -> None:
         """Serve on a fresh socket; the kubelet dials it as soon as we register."""
+        async with self._lifecycle:
+            await self._start()
+
+    async def stop(self, grace: float = 0.2) -> None:
+        """Stop serving and remove our socket (only ours: the kubelet may have made a new one)."""
+        async with self._lifecycle:
+            await self._stop(grace)
+
+    async def restart(self) -> None:
+        async with self._lifecycle:
+            await self._stop(0)
+            await self._start()
+
+    async def revive(self) -> bool:
+        """Serve on a new socket if ours was removed while serving (the kubelet deletes every
+        socket when it starts); returns whether it had to. A stopped server stays stopped."""
+        async with self._lifecycle:
+            if self._server is None or self.socket_alive():
+                return False
+            self.log.warning("plugin_socket_removed_restarting")
+            await self._stop(0)
+            await self._start()
+            return True
+
+    async def _start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         server = grpc.aio.server()
@@ -175,8 +203,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._registered_with = None
         self.log.info("pool_server_started", socket=str(self.socket_path))
 
-    async def stop(self, grace: float = 0.2) -> None:
-        """Stop serving and remove our socket (only ours: the kubelet may have made a new one)."""
+    async def _stop(self, grace: float) -> None:
         self._stopping = True
         async with self._changed:
             self._changed.notify_all()
@@ -187,10 +214,6 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
             self.socket_path.unlink(missing_ok=True)
         self._socket_inode = None
         self._registered_with = None
-
-    async def restart(self) -> None:
-        await self.stop(grace=0)
-        await self.start()
 
     def socket_alive(self) -> bool:
         """False once the kubelet (on restart) or anyone else has removed our socket."""

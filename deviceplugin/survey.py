@@ -48,4 +48,4 @@ def survey(
     """
     node = sysfs.scan(sysfs_root)
     placement = diff.place(node, routes(), specs)
-    return diff.build_state(placement, specs, read_links() if links is None else links)
+    return diff.build_state(placement, read_links() if links is None else links)

@@ -186,6 +186,11 @@ def test_vf_burst_is_one_rescan_and_one_snapshot(node, kubelet, daemons, tmp_pat
         fs.set_num_vfs(pf, 0)
         uevents(net.ns, trigger, 64, "remove")
         sriov.wait_snapshot(lambda s: set(s.devices) == {pf}, newer_than=burst)
+        # The kubelet may see the snapshot before the log says why: wait for the rescan's
+        # last line (uplink, NIC1 and the PF are left), which follows its device events.
+        d.wait_event(
+            "discovery_done", where=lambda e: e["trigger"] == "uevent" and e["devices"] == 3
+        )
         assert len([e for e in events(d, "device_removed") if e["device"] in vfs]) == 64
 
 
