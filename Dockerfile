@@ -22,6 +22,7 @@ RUN python -m venv /opt/netdp \
       annotated-types==0.7.0 \
       asyncinotify==4.4.4 \
       grpcio==1.85.3 \
+      h11==0.16.0 \
       prometheus-client==0.26.0 \
       protobuf==7.36.2 \
       pydantic==2.13.4 \

@@ -21,7 +21,8 @@ from deviceplugin import __version__
 
 if TYPE_CHECKING:
     from deviceplugin.config import Config
-    from deviceplugin.daemon import Settings, Snapshot
+    from deviceplugin.daemon import Settings
+    from deviceplugin.diff import NodeState
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -41,6 +42,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
     from deviceplugin.cni.shim import DEFAULT_SOCKET as CNI_SOCKET
     from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
+    from deviceplugin.listen_address import DEFAULT_ADDRESS
 
     def flag(name: str, default: str | None, help_text: str) -> None:
         env = "NETDP_" + name.upper().replace("-", "_")
@@ -54,7 +56,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     flag("devinfo-dir", str(DEFAULT_DEVINFO_DIR), "device-info spec directory ('' disables)")
     flag("log-level", "info", "debug, info, warning or error")
     flag("log-format", None, "json or console; default: json unless stderr is a terminal")
-    flag("metrics-address", ":9477", "/metrics, /healthz, /readyz listen address; '0' disables")
+    flag(
+        "metrics-address",
+        DEFAULT_ADDRESS,
+        "/metrics, /healthz, /readyz listen address; '0' disables",
+    )
     flag("cni-socket", CNI_SOCKET, "socket the ehost-device shim talks to; '' disables")
     _add_watch_flags(p)
 
@@ -140,7 +146,7 @@ def _load_config(path: str | Path | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from deviceplugin import logs
     from deviceplugin.daemon import Settings, WatchMode
-    from deviceplugin.metrics import parse_address
+    from deviceplugin.listen_address import parse_address
 
     if args.log_format not in (None, "json", "console"):
         raise Refused(f"--log-format: expected json or console, got {args.log_format!r}")
@@ -181,7 +187,8 @@ async def _serve(
     """
     from deviceplugin.cni.server import CniServer
     from deviceplugin.daemon import Daemon
-    from deviceplugin.metrics import Metrics, MetricsServer, readiness
+    from deviceplugin.http_endpoint import MetricsServer, readiness
+    from deviceplugin.metrics import Metrics
 
     metrics = Metrics()
     daemon = Daemon(config, settings, observer=metrics)
@@ -217,10 +224,11 @@ async def _serve(
     return EXIT_OK
 
 
-def _rows(snapshot: Snapshot) -> list[dict[str, object]]:
+def _rows(state: NodeState) -> list[dict[str, object]]:
     rows = []
-    placed = {d.pci_address: r for r, devs in snapshot.assignment.pools.items() for d in devs}
-    for address, dev in sorted(snapshot.node.devices.items()):
+    placed = {d.pci_address: r for r, pool in state.pools.items() for d in pool.devices}
+    for address, dev in sorted(state.node.devices.items()):
+        verdict = state.verdicts.get(address)
         rows.append(
             {
                 "pci": address,
@@ -234,7 +242,9 @@ def _rows(snapshot: Snapshot) -> list[dict[str, object]]:
                 "vf_index": dev.vf_index,
                 "vfio": dev.vfio_device,
                 "pool": placed.get(address),
-                "excluded": snapshot.assignment.excluded.get(address),
+                "excluded": state.excluded.get(address),
+                "health": verdict.health.value if verdict else None,
+                "health_reason": verdict.reason if verdict else None,
                 "warnings": list(dev.warnings),
             }
         )
@@ -248,6 +258,8 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
     for r in rows:
         netdev = r["netdev"] or ("(in another netns)" if r["netdev_state"] == "elsewhere" else "-")
         where = r["pool"] or f"excluded: {r['excluded']}"
+        if r["health"] == "Unhealthy":
+            where = f"{where} (Unhealthy: {r['health_reason']})"
         lines.append(
             [
                 str(r["pci"]),
@@ -265,19 +277,21 @@ def format_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """What `netdp run` would advertise here, with the same config and watch flags."""
     from deviceplugin import watch
-    from deviceplugin.daemon import take_snapshot
+    from deviceplugin.survey import survey
 
     watch_mode, rescan_interval = _watch_settings(args)
     config = _load_config(args.config)
-    snapshot = take_snapshot(config, Path(args.sysfs_root))
     live = watch.probe(rescan_interval, periodic_only=watch_mode == "periodic")
-    rows = _rows(snapshot)
+    # Without netlink the daemon judges links by sysfs alone; so does this view.
+    state = survey(config.pools, Path(args.sysfs_root), links=None if live.netlink else {})
+    rows = _rows(state)
     if args.json:
         print(
             json.dumps(
                 {
-                    "default_route_interfaces": sorted(snapshot.default_route_ifaces),
+                    "default_route_interfaces": sorted(state.default_route_ifaces),
                     "live_updates": {
                         "mode": live.describe(),
                         "uevents": live.uevents,

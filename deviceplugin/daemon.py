@@ -9,8 +9,8 @@ one, starts or stops the pools that came or went, and pushes state only to
 pools that changed; their servers tell the kubelet only what it can see.
 Every device change is logged once, with its pool.
 
-The daemon reports what metrics need through a `DaemonObserver`, so it knows
-nothing about Prometheus.
+The daemon reports what metrics need through a `DaemonObserver`
+(`observer.py`), so it knows nothing about Prometheus.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -31,7 +31,8 @@ from deviceplugin.config import Config, ConfigError, load_config
 from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
 from deviceplugin.health import LinkState
 from deviceplugin.kubelet import Registrar, kubelet_identity
-from deviceplugin.model import Health, NodeDevices
+from deviceplugin.model import NodeDevices
+from deviceplugin.observer import DaemonObserver
 from deviceplugin.routes import default_route_interfaces
 from deviceplugin.server import PoolServer
 
@@ -60,62 +61,6 @@ class Settings:
     watch: WatchMode = WatchMode.AUTO
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """One consistent view of the node, kept for `list`-style introspection and logs."""
-
-    node: NodeDevices
-    default_route_ifaces: frozenset[str]
-    assignment: pools.Assignment
-
-
-def take_snapshot(config: Config, sysfs_root: Path) -> Snapshot:
-    """Scan the node and assign its devices to the configured pools (`netdp list`)."""
-    node = sysfs.scan(sysfs_root)
-    ifaces = default_route_interfaces()
-    return Snapshot(node, ifaces, pools.assign(node, config.pools, ifaces))
-
-
-class DaemonObserver:
-    """What the daemon reports as it runs; every method is a no-op here.
-
-    Metrics subclass it and override what they count. Calls come from the
-    event loop and must not block. Sources are `uevent`, `netlink`,
-    `config-file`, `periodic`; `trigger` of a discovery is one of those or
-    `start`, `sighup`.
-    """
-
-    def events_received(self, source: str, count: int) -> None:
-        """`count` events that can change what is advertised arrived from `source`."""
-
-    def events_coalesced(self, source: str, count: int) -> None:
-        """`count` events were served by another event's run instead of their own."""
-
-    def discovery_done(self, trigger: str, seconds: float, devices: int) -> None:
-        """A sysfs rescan finished: how long it took and how many devices it found."""
-
-    def reload_done(self, ok: bool) -> None:
-        """A config reload was applied (or found nothing new: still ok) or refused."""
-
-    def health_changed(self, resource: str, device: str, health: Health) -> None:
-        """A pool member's health changed (not called for devices joining or leaving)."""
-
-    def state_applied(self, state: diff.NodeState) -> None:
-        """The device tree every pool now advertises (gauges, device info)."""
-
-    def registration(self, resource: str, accepted: bool) -> None:
-        """A Register call to the kubelet was accepted or refused."""
-
-    def kubelet_restarted(self) -> None:
-        """A new kubelet.sock appeared after the one we knew."""
-
-    def allocation(self, resource: str, seconds: float, devices: int, ok: bool) -> None:
-        """An Allocate call was answered."""
-
-    def preferred_allocation(self, resource: str, seconds: float) -> None:
-        """A GetPreferredAllocation call was answered."""
-
-
 class Daemon:
     """Owns the pool servers, the registrar and the event sources for one node."""
 
@@ -132,7 +77,7 @@ class Daemon:
         self.observer = observer or DaemonObserver()
         self._routes = routes
         self.servers: dict[str, PoolServer] = {}
-        self.snapshot: Snapshot | None = None
+        self.placement: diff.Placement | None = None  # the last scan, for link changes
         self.state: diff.NodeState | None = None
         self.mode: watch.LiveMode | None = None
         self.registrar = Registrar(
@@ -148,19 +93,29 @@ class Daemon:
         self._background: set[asyncio.Task[object]] = set()  # SIGHUP reloads in flight
         self._links: watch.LinkMonitor | None = None
         self._uevents: watch.UeventMonitor | None = None
-        self._hotplug = watch.Coalescer(
-            self._on_hotplug,
-            quiet=watch.HOTPLUG_QUIET_S,
-            max_delay=watch.HOTPLUG_MAX_DELAY_S,
-            name="uevent",
+        self._hotplug = self._coalescer(
+            "uevent", lambda n: self.refresh("uevent", n), quiet=watch.HOTPLUG_QUIET_S
         )
-        self._link_updates = watch.Coalescer(self._on_links, quiet=0, max_delay=0, name="netlink")
-        self._config_updates = watch.Coalescer(
-            self._on_config_file,
-            quiet=watch.CONFIG_QUIET_S,
-            max_delay=watch.HOTPLUG_MAX_DELAY_S,
-            name="config-file",
+        self._link_updates = self._coalescer("netlink", self._relink_logged, quiet=0, max_delay=0)
+        self._config_updates = self._coalescer(
+            "config-file", lambda _: self.reload("config-file"), quiet=watch.CONFIG_QUIET_S
         )
+
+    def _coalescer(
+        self,
+        source: str,
+        action: Callable[[int], Awaitable[object]],
+        *,
+        quiet: float,
+        max_delay: float = watch.HOTPLUG_MAX_DELAY_S,
+    ) -> watch.Coalescer:
+        """One run of `action` per burst of `source` events; the observer hears what it spared."""
+
+        async def run(events: int) -> None:
+            self.observer.events_coalesced(source, events - 1)
+            await action(events)
+
+        return watch.Coalescer(run, quiet=quiet, max_delay=max_delay, name=source)
 
     def registration_status(self) -> dict[str, bool]:
         """Per configured pool: serving and registered with the current kubelet.
@@ -200,12 +155,9 @@ class Daemon:
             async with self._apply_lock:
                 if config is not None:
                     self.config = config
-                assignment = pools.assign(
-                    node, self.config.pools, ifaces, known_netdevs=self._known_netdevs
-                )
-                self._remember_netdevs(node)
-                self.snapshot = Snapshot(node, ifaces, assignment)
-                state, changed = await self._apply(node, assignment)
+                self.placement = diff.place(node, ifaces, self.config.pools, self._known_netdevs)
+                self._known_netdevs = pools.remember_netdevs(self._known_netdevs, node)
+                state, changed = await self._apply(self.placement)
             log.info(
                 "discovery_done",
                 trigger=trigger,
@@ -221,37 +173,36 @@ class Daemon:
     def _scan(self) -> tuple[NodeDevices, frozenset[str]]:
         return sysfs.scan(self.settings.sysfs_root), self._routes()
 
-    def _remember_netdevs(self, node: NodeDevices) -> None:
-        self._known_netdevs = {
-            a: d.netdev or self._known_netdevs[a]
-            for a, d in node.devices.items()
-            if d.netdev or a in self._known_netdevs
-        }
-
     async def relink(self) -> list[str]:
         """New verdicts from the last scan and the current link states; no sysfs read."""
         async with self._apply_lock:
-            if self.snapshot is None:
+            if self.placement is None:
                 return []
-            _, changed = await self._apply(self.snapshot.node, self.snapshot.assignment)
+            _, changed = await self._apply(self.placement)
             return changed
+
+    async def _relink_logged(self, events: int) -> None:
+        started = time.perf_counter()
+        changed = await self.relink()
+        log.debug(
+            "links_applied",
+            events=events,
+            changed_pools=changed,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     def _current_links(self) -> Mapping[str, LinkState]:
         return self._links.links if self._links is not None else {}
 
-    async def _apply(
-        self, node: NodeDevices, assignment: pools.Assignment
-    ) -> tuple[diff.NodeState, list[str]]:
+    async def _apply(self, placement: diff.Placement) -> tuple[diff.NodeState, list[str]]:
         """Go from the current state to the one this scan gives; returns it and the pools
         whose kubelet-visible state changed."""
-        state = diff.build_state(
-            node, assignment, self.config.pools, self._current_links(), self.state
-        )
+        state = diff.build_state(placement, self._current_links(), self.state)
         changes = diff.diff(self.state, state)
         for resource in changes.removed_pools:
             await self._remove_pool(resource)
         for resource in changes.respecified_pools:
-            await self._respecify_pool(self.servers[resource], state.pools[resource])
+            await self._respecify_pool(state.pools[resource].spec)
         for resource in changes.added_pools:
             await self._add_pool(state.pools[resource])
         updated = []
@@ -289,48 +240,27 @@ class Daemon:
         server.remove_devinfo_files()
         log.info("pool_removed", pool=resource, socket=str(server.socket_path))
 
-    async def _respecify_pool(self, server: PoolServer, pool: diff.PoolState) -> None:
-        """New settings under the same name. Whether NUMA nodes are advertised is
-        part of what the kubelet saw, so that change re-registers the pool."""
-        topology_changed = server.pool.exclude_topology != pool.spec.exclude_topology
-        server.pool = pool.spec
-        log.info("pool_respecified", pool=pool.spec.resource_name, reregister=topology_changed)
-        if topology_changed:
-            await server.restart()
+    async def _respecify_pool(self, spec: pools.PoolSpec) -> None:
+        """New settings under the same name; the server says whether it re-registers."""
+        reregister = await self.servers[spec.resource_name].respecify(spec)
+        log.info("pool_respecified", pool=spec.resource_name, reregister=reregister)
+        if reregister:
             self.registrar.poke()
 
     def _log_device_changes(self, changes: diff.Changes) -> None:
+        """One event per device change, named for its kind, always with the same fields."""
         for c in changes.devices:
-            if c.kind is diff.ChangeKind.REMOVED:
-                log.info(c.kind.value, device=c.device, netdev=c.netdev, pool=c.pool)
-            elif c.kind is diff.ChangeKind.EXCLUDED:
-                log.info(
-                    c.kind.value,
-                    device=c.device,
-                    netdev=c.netdev,
-                    reason=c.reason,
-                    previous_pool=c.previous_pool,
-                )
-            elif c.kind is diff.ChangeKind.ADDED:
-                log.info(
-                    c.kind.value,
-                    device=c.device,
-                    netdev=c.netdev,
-                    pool=c.pool,
-                    previous=c.previous_pool,
-                    health=c.health,
-                    reason=c.reason,
-                )
-            else:
+            log.info(
+                c.kind.value,
+                device=c.device,
+                netdev=c.netdev,
+                pool=c.pool,
+                previous=c.previous_pool,
+                health=c.health,
+                reason=c.reason,
+            )
+            if c.kind is diff.ChangeKind.HEALTH:
                 assert c.pool is not None and c.health is not None
-                log.info(
-                    c.kind.value,
-                    device=c.device,
-                    netdev=c.netdev,
-                    pool=c.pool,
-                    health=c.health,
-                    reason=c.reason,
-                )
                 self.observer.health_changed(c.pool, c.device, c.health)
 
     # ---- event handlers -------------------------------------------------------------
@@ -351,29 +281,10 @@ class Daemon:
             self.observer.events_received("netlink", relevant)
             self._link_updates.trigger(relevant)
 
-    async def _on_hotplug(self, events: int) -> None:
-        self.observer.events_coalesced("uevent", events - 1)
-        await self.refresh("uevent", events)
-
-    async def _on_links(self, events: int) -> None:
-        self.observer.events_coalesced("netlink", events - 1)
-        started = time.perf_counter()
-        changed = await self.relink()
-        log.debug(
-            "links_applied",
-            events=events,
-            changed_pools=changed,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-
     def on_config_event(self) -> None:
         """What the config file watcher calls: the file may read differently now."""
         self.observer.events_received("config-file", 1)
         self._config_updates.trigger()
-
-    async def _on_config_file(self, events: int) -> None:
-        self.observer.events_coalesced("config-file", events - 1)
-        await self.reload("config-file")
 
     def request_reload(self) -> None:
         """SIGHUP: re-read the config and rescan (as a task: signal handlers cannot await)."""

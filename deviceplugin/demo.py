@@ -20,10 +20,10 @@ from pathlib import Path
 from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
 from deviceplugin.config import default_config
-from deviceplugin.daemon import take_snapshot
 from deviceplugin.routes import default_route_interfaces
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir, virtio_lab
 from deviceplugin.sim.kubelet import KubeletStandIn, PluginConnection
+from deviceplugin.survey import survey
 
 RESOURCE = "kernel.org/virt"
 
@@ -84,7 +84,7 @@ def _demo_steps(
     _step("ListAndWatch: what the node advertises")
     for dev_id, view in sorted(snap.devices.items()):
         print(f"  {dev_id}  {view.health}")
-    excluded = take_snapshot(default_config(), sysfs_root).assignment.excluded
+    excluded = survey(default_config().pools, sysfs_root).excluded
     for address, why in sorted(excluded.items()):
         print(f"  {address}  excluded: {why}")
 

@@ -1,13 +1,16 @@
 """The one change path's pure core: the node's device tree, and what changed in it.
 
 Every kind of change (a NIC hot-plugged, VFs created, a link lost, a config
-reloaded) ends the same way: `build_state` turns a scan, its pool assignment
-and the current link states into a `NodeState` (each pool's members and their
-verdicts), and `diff` compares it with the previous one. The daemon then only
-acts on what `diff` lists: pools to start or stop, pools whose members or
-health changed (the only ones that send the kubelet a new snapshot), and one
-event per device for the log. Keeping this pure means every rule here is
-tested on hand-built records, without sockets, sysfs or timing.
+reloaded) ends the same way: `place` assigns a scan's devices to the pools,
+`build_state` turns that placement and the current link states into a
+`NodeState` (each pool's members and their verdicts), and `diff` compares it
+with the previous one. The daemon then only acts on what `diff` lists: pools
+to start or stop, pools whose members or health changed (the only ones that
+send the kubelet a new snapshot), and one event per device for the log. A
+link change skips the scan and re-judges the last placement. `netdp list`
+and the demo take the same two steps once, so they show what the daemon
+advertises. Keeping this pure means every rule here is tested on hand-built
+records, without sockets, sysfs or timing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from enum import StrEnum
 from deviceplugin import health
 from deviceplugin.health import LinkState, Verdict
 from deviceplugin.model import Device, Health, NodeDevices
-from deviceplugin.pools import Assignment, PoolSpec, pci_sort_key
+from deviceplugin.pools import Assignment, PoolSpec, assign, pci_sort_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +39,34 @@ class PoolState:
 
 
 @dataclass(frozen=True, slots=True)
+class Placement:
+    """One scan's devices in the configured pools: what a link change re-judges."""
+
+    node: NodeDevices
+    default_route_ifaces: frozenset[str]
+    specs: tuple[PoolSpec, ...]
+    assignment: Assignment
+
+
+def place(
+    node: NodeDevices,
+    default_route_ifaces: frozenset[str],
+    specs: Sequence[PoolSpec],
+    known_netdevs: Mapping[str, str] | None = None,
+) -> Placement:
+    """A scan assigned to the pools (`pools.assign`), with the inputs the verdicts need."""
+    assignment = assign(node, specs, default_route_ifaces, known_netdevs=known_netdevs)
+    return Placement(node, default_route_ifaces, tuple(specs), assignment)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeState:
     """The device tree after one scan (or one link change): every pool and every exclusion."""
 
     node: NodeDevices
     pools: Mapping[str, PoolState]
     excluded: Mapping[str, str] = field(default_factory=dict)
+    default_route_ifaces: frozenset[str] = frozenset()  # as the scan found them
 
     # Every member's verdict by PCI address, whatever its pool.
     verdicts: Mapping[str, Verdict] = field(init=False, repr=False, compare=False)
@@ -56,11 +81,7 @@ class NodeState:
 
 
 def build_state(
-    node: NodeDevices,
-    assignment: Assignment,
-    specs: Sequence[PoolSpec],
-    links: Mapping[str, LinkState],
-    previous: NodeState | None = None,
+    placement: Placement, links: Mapping[str, LinkState], previous: NodeState | None = None
 ) -> NodeState:
     """Judge every pool member's health; `previous` supplies the last verdicts.
 
@@ -68,6 +89,7 @@ def build_state(
     is bound again: a rebind (to vfio-pci, say) passes through "unbound", and
     a pod may still hold the device. The pool assignment alone would drop it.
     """
+    node, assignment, specs = placement.node, placement.assignment, placement.specs
     kept = _unbound_members(node, assignment, previous, {s.resource_name for s in specs})
     excluded = {a: why for a, why in assignment.excluded.items() if a not in kept}
     last = previous.verdicts if previous else {}
@@ -88,7 +110,7 @@ def build_state(
             for d in members
         }
         pools[spec.resource_name] = PoolState(spec, members, verdicts)
-    return NodeState(node=node, pools=pools, excluded=excluded)
+    return NodeState(node, pools, excluded, placement.default_route_ifaces)
 
 
 def _unbound_members(

@@ -127,9 +127,7 @@ class Registrar:
         for server in list(self._servers()):
             if server not in self._servers():
                 continue  # removed by a reload while we awaited a registration
-            if not server.socket_alive():
-                server.log.warning("plugin_socket_removed_restarting")
-                await server.restart()
+            await server.revive()
             if current is None or server.registered_with == current:
                 continue
             now = loop.time()
@@ -156,7 +154,7 @@ class Registrar:
                 if self._on_registration:
                     self._on_registration(server.resource_name, False)
                 continue
-            server.registered_with = current
+            server.mark_registered(current)
             self._backoff.pop(server.resource_name, None)
             self._retry_at.pop(server.resource_name, None)
             server.log.info("registered", endpoint=server.socket_path.name, version=API_VERSION)

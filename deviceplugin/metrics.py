@@ -1,33 +1,20 @@
-"""Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+"""The daemon's Prometheus metrics: what is counted, and the table of what is exposed.
 
 `Metrics` owns its own `CollectorRegistry` rather than prometheus_client's
 global one, so several daemons (tests, the demo) can live in one process
-without clashing over metric names. It is the daemon's `DaemonObserver`
-(whose hooks `server` and `kubelet` call too), so none of them knows about
-Prometheus. Every metric is declared once in `METRICS`, which
-both builds the collectors and answers `metric_reference()`: the operator
-docs are tested against the same table the code exposes.
-
-The HTTP side is a small asyncio server on the daemon's own event loop, not
-a WSGI server in a thread: an answer from `/healthz` then proves the loop is
-turning (a wedged loop fails the liveness probe, as it should), the
-readiness callable reads daemon state from the thread that owns it, and the
-metrics are only ever written there. Only rendering a scrape (~15 ms with
-1024 devices) goes to a worker thread, so it cannot delay a ListAndWatch
-update; prometheus_client locks its own state for that.
+without clashing over metric names. It implements the `DaemonObserver`
+protocol (`observer.py`; the daemon, `server` and `kubelet` call its hooks),
+so none of them knows about Prometheus and this module knows nothing of
+them. Every metric is declared once in `METRICS`, which both builds the
+collectors and answers `metric_reference()`: the operator docs are tested
+against the same table the code exposes. `http_endpoint` serves it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ipaddress
-import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -36,21 +23,15 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import choose_encoder
 
 from deviceplugin import __version__, diff
-from deviceplugin.daemon import DaemonObserver
 from deviceplugin.model import Device, Health
-
-log = structlog.get_logger(__name__)
+from deviceplugin.observer import DaemonObserver
 
 # No `_created` series: in the text format they would be one more gauge per counter and
 # histogram child, which nothing here needs. The switch is process-wide, the only kind
 # prometheus_client offers; netdp exposes no other registry it could surprise.
 disable_created_metrics()
-
-DEFAULT_ADDRESS = ":9477"
-DISABLED = "0"
 
 # Allocate and GetPreferredAllocation are in-memory work: ~0.1 ms typical, 50 ms is pathological.
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -206,14 +187,6 @@ def device_info_labels(pool: str, device: Device) -> tuple[str, ...]:
     )
 
 
-def readiness(registered: Mapping[str, bool]) -> tuple[bool, str]:
-    """Readiness from each configured pool's registration state, with the laggards named."""
-    missing = sorted(pool for pool, ok in registered.items() if not ok)
-    if missing:
-        return False, "not registered with the kubelet: " + ", ".join(missing)
-    return True, "ok"
-
-
 def _build(spec: MetricSpec, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
     if spec.kind == "counter":
         # prometheus_client appends `_total` itself and wants the base name.
@@ -356,251 +329,3 @@ class Metrics(DaemonObserver):
             self._registrations.remove(pool, result)
         for metric in self._per_pool:
             metric.remove(pool)
-
-
-# ---- address --------------------------------------------------------------------------------
-
-_PORT = re.compile(r"[0-9]{1,5}")
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
-)
-_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
-_FORMS = "expected host:port, :port or [ipv6]:port (0 disables)"
-
-
-def parse_address(text: str) -> tuple[str, int] | None:
-    """`--metrics-address` → (host, port); None for `0` (disabled). Host "" = every interface.
-
-    Port 0 with a host (`127.0.0.1:0`) asks the kernel for a free port, which
-    tests use; a bare `0` is the documented way to switch the server off.
-    """
-    if text == DISABLED:
-        return None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket:
-            raise ValueError(f"metrics address {text!r}: no closing ']'; {_FORMS}")
-        colon, port_text = rest[:1], rest[1:]
-    else:
-        host, colon, port_text = text.rpartition(":")
-    if colon != ":":
-        raise ValueError(f"metrics address {text!r}: no ':port'; {_FORMS}")
-    if not _PORT.fullmatch(port_text) or int(port_text) > 65535:
-        raise ValueError(f"metrics address {text!r}: port {port_text!r} is not 0-65535; {_FORMS}")
-    _check_host(text, host, bracketed=text.startswith("["))
-    return host, int(port_text)
-
-
-def _check_host(text: str, host: str, *, bracketed: bool) -> None:
-    if bracketed:
-        kind, valid = "an IPv6 address", _is_ip(ipaddress.IPv6Address, host)
-    elif ":" in host:
-        raise ValueError(f"metrics address {text!r}: an IPv6 host needs brackets, as [::1]:9477")
-    elif _DOTTED_NUMBERS.fullmatch(host):
-        kind, valid = "an IPv4 address", _is_ip(ipaddress.IPv4Address, host)
-    else:
-        kind, valid = "a host name", not host or _HOSTNAME.fullmatch(host) is not None
-    if not valid:
-        raise ValueError(f"metrics address {text!r}: {host!r} is not {kind}; {_FORMS}")
-
-
-def _is_ip(kind: type[ipaddress.IPv4Address | ipaddress.IPv6Address], text: str) -> bool:
-    try:
-        kind(text)
-    except ValueError:
-        return False
-    return True
-
-
-# ---- HTTP --------------------------------------------------------------------------------------
-
-MAX_REQUEST_HEAD = 8192
-REQUEST_TIMEOUT_S = 5.0
-LINGER_S = 1.0
-STOP_TIMEOUT_S = 2.0
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-_TEXT = "text/plain; charset=utf-8"
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]
-
-    @property
-    def has_body(self) -> bool:
-        return "content-length" in self.headers or "transfer-encoding" in self.headers
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = _TEXT
-    extra_headers: tuple[tuple[str, str], ...] = ()
-
-
-def parse_request(head: bytes) -> Request | None:
-    """The request line and headers of an HTTP/1.x request head; None if malformed."""
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        return None
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            return None
-        headers[name.lower()] = value.strip()
-    return Request(parts[0], parts[1].partition("?")[0], headers)
-
-
-def render_response(response: Response, *, head_only: bool = False) -> bytes:
-    """A complete HTTP/1.1 response; we close after each one, and say so."""
-    lines = [
-        f"HTTP/1.1 {response.status} {_REASONS[response.status]}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in response.extra_headers),
-    ]
-    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    return head if head_only else head + response.body
-
-
-class MetricsServer:
-    """Serves `/metrics`, `/healthz` and `/readyz` on the daemon's event loop.
-
-    `healthy` says whether the daemon's own tasks are alive; that the server
-    answers at all shows the loop is. `ready` returns (ready, detail), e.g.
-    from `readiness`; every scrape also copies it into the `netdp_ready` gauge.
-    """
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        address: tuple[str, int],
-        *,
-        healthy: Callable[[], bool],
-        ready: Callable[[], tuple[bool, str]],
-    ) -> None:
-        self.metrics = metrics
-        self.host, self._port = address
-        self._healthy = healthy
-        self._ready = ready
-        self._server: asyncio.Server | None = None
-        # Connection handlers and their writers, so `stop` can end them and wait for them.
-        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-
-    @property
-    def port(self) -> int:
-        """The bound port (the kernel's choice when asked for port 0)."""
-        if self._server is None:
-            return self._port
-        return self._server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve,
-            self.host or None,
-            self._port,
-            limit=MAX_REQUEST_HEAD,
-            reuse_address=True,
-        )
-        log.info("metrics_server_started", host=self.host or "*", port=self.port)
-
-    async def stop(self) -> None:
-        """Stop listening and drop open connections (a scrape in flight is simply cut).
-
-        Handlers end on their own once their socket closes; they are not
-        cancelled, as asyncio 3.11 logs a cancelled handler as an error.
-        """
-        if self._server is None:
-            return
-        self._server.close()
-        for writer in self._connections.values():
-            writer.close()
-        if self._connections:
-            await asyncio.wait(self._connections.keys(), timeout=STOP_TIMEOUT_S)
-        await self._server.wait_closed()
-        self._server = None
-        log.info("metrics_server_stopped")
-
-    async def respond(self, request: Request) -> Response:
-        """What to answer a well-formed request."""
-        if request.path not in ("/metrics", "/healthz", "/readyz"):
-            return Response(404, b"not found: try /metrics, /healthz or /readyz\n")
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"method not allowed\n", extra_headers=(("Allow", "GET, HEAD"),))
-        if request.path == "/healthz":
-            if self._healthy():
-                return Response(200, b"ok\n")
-            return Response(503, b"daemon tasks have stopped\n")
-        if request.path == "/readyz":
-            ok, detail = self._ready()
-            return Response(200 if ok else 503, detail.encode() + b"\n")
-        # Readiness is read here, on the loop that owns the daemon's state; rendering
-        # (~15 ms for 1024 devices) goes to a thread, as prometheus_client locks its own.
-        self.metrics.set_ready(self._ready()[0])
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        body = await asyncio.to_thread(encoder, self.metrics.registry)
-        return Response(200, body, content_type)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None  # asyncio runs every connection handler as a task
-        self._connections[task] = writer
-        try:
-            try:
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                return  # the client went away or never finished its request
-            except asyncio.LimitOverrunError:
-                head = b""
-            request = parse_request(head)
-            if request is None:
-                response = Response(400, b"bad request\n")
-            else:
-                try:
-                    response = await self.respond(request)
-                except Exception:
-                    log.exception("metrics_request_failed", path=request.path)
-                    response = Response(500, b"internal error, see the daemon's log\n")
-            head_only = request is not None and request.method == "HEAD"
-            writer.write(render_response(response, head_only=head_only))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-                if request is None or request.has_body:
-                    await _discard_input(reader, writer)
-        finally:
-            self._connections.pop(task, None)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-
-async def _discard_input(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read what the client still sends after our answer, for a while.
-
-    Closing a socket with unread input makes the kernel send a reset, which
-    can destroy our answer before the client reads it; so for requests we
-    did not read to the end (too large, or with a body) we half-close and
-    wait for the client to finish first.
-    """
-    if writer.can_write_eof():
-        writer.write_eof()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(LINGER_S):
-            while await reader.read(65536):
-                pass

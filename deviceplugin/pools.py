@@ -256,3 +256,16 @@ def assign(
         excluded=excluded,
         membership=membership,
     )
+
+
+def remember_netdevs(known: Mapping[str, str], node: NodeDevices) -> dict[str, str]:
+    """`known_netdevs` after a scan: each device's netdev name, or the last one seen.
+
+    Devices that left the node are forgotten; a device whose netdev is not
+    visible now (moved into a pod, driver rebound) keeps the name it had.
+    """
+    return {
+        address: device.netdev or known[address]
+        for address, device in node.devices.items()
+        if device.netdev or address in known
+    }

@@ -79,7 +79,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         on_allocate: AllocateObserver | None = None,
         on_preferred: PreferredObserver | None = None,
     ) -> None:
-        self.pool = pool
+        self._spec = pool
         self.resource_name = pool.resource_name
         self.socket_path = plugin_dir / socket_name(pool.resource_name)
         self._devinfo_dir = devinfo_dir
@@ -88,16 +88,46 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._health: dict[str, Health] = {}
         self._version = 0
         self._changed = asyncio.Condition()
+        self._lifecycle = asyncio.Lock()
         self._server: grpc.aio.Server | None = None
         self._socket_inode: int | None = None
         self._stopping = False
         self._on_allocate = on_allocate
         self._on_preferred = on_preferred
-        # identity of the kubelet.sock we registered with (see kubelet.kubelet_identity)
-        self.registered_with: object | None = None
+        self._registered_with: object | None = None
         self.log = log.bind(resource=pool.resource_name)
 
     # ---- state -------------------------------------------------------------------------
+    @property
+    def spec(self) -> PoolSpec:
+        """The pool's settings; they change only through `respecify`."""
+        return self._spec
+
+    @property
+    def registered_with(self) -> object | None:
+        """Identity of the kubelet.sock this socket is registered with (see
+        `kubelet.kubelet_identity`); None before that and after every restart."""
+        return self._registered_with
+
+    def mark_registered(self, kubelet: object) -> None:
+        """The kubelet identified by `kubelet` accepted this socket's Register call."""
+        self._registered_with = kubelet
+
+    async def respecify(self, spec: PoolSpec) -> bool:
+        """Take new settings under the same name; returns whether the pool must re-register.
+
+        Whether NUMA nodes are advertised is part of what the kubelet saw, so
+        that change restarts the socket (the kubelet drops the old
+        registration with it); other settings apply from the next answer on.
+        """
+        if spec.resource_name != self.resource_name:
+            raise ValueError(f"{self.resource_name} cannot become {spec.resource_name}")
+        reregister = spec.exclude_topology != self._spec.exclude_topology
+        self._spec = spec
+        if reregister:
+            await self.restart()
+        return reregister
+
     @property
     def devices(self) -> tuple[Device, ...]:
         return tuple(self._devices.values())
@@ -128,12 +158,39 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
 
     def _snapshot(self) -> api_pb2.ListAndWatchResponse:
         return snapshot_message(
-            self.devices, self._health, exclude_topology=self.pool.exclude_topology
+            self.devices, self._health, exclude_topology=self._spec.exclude_topology
         )
 
     # ---- lifecycle ---------------------------------------------------------------------
+    # One transition at a time: the daemon (re-specifying a pool) and the registrar
+    # (reviving a socket the kubelet deleted) may both want one at the same moment.
     async def start(self) -> None:
         """Serve on a fresh socket; the kubelet dials it as soon as we register."""
+        async with self._lifecycle:
+            await self._start()
+
+    async def stop(self, grace: float = 0.2) -> None:
+        """Stop serving and remove our socket (only ours: the kubelet may have made a new one)."""
+        async with self._lifecycle:
+            await self._stop(grace)
+
+    async def restart(self) -> None:
+        async with self._lifecycle:
+            await self._stop(0)
+            await self._start()
+
+    async def revive(self) -> bool:
+        """Serve on a new socket if ours was removed while serving (the kubelet deletes every
+        socket when it starts); returns whether it had to. A stopped server stays stopped."""
+        async with self._lifecycle:
+            if self._server is None or self.socket_alive():
+                return False
+            self.log.warning("plugin_socket_removed_restarting")
+            await self._stop(0)
+            await self._start()
+            return True
+
+    async def _start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         server = grpc.aio.server()
@@ -143,11 +200,10 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._server = server
         self._stopping = False
         self._socket_inode = os.stat(self.socket_path).st_ino
-        self.registered_with = None
+        self._registered_with = None
         self.log.info("pool_server_started", socket=str(self.socket_path))
 
-    async def stop(self, grace: float = 0.2) -> None:
-        """Stop serving and remove our socket (only ours: the kubelet may have made a new one)."""
+    async def _stop(self, grace: float) -> None:
         self._stopping = True
         async with self._changed:
             self._changed.notify_all()
@@ -157,11 +213,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         if self.socket_alive():
             self.socket_path.unlink(missing_ok=True)
         self._socket_inode = None
-        self.registered_with = None
-
-    async def restart(self) -> None:
-        await self.stop(grace=0)
-        await self.start()
+        self._registered_with = None
 
     def socket_alive(self) -> bool:
         """False once the kubelet (on restart) or anyone else has removed our socket."""
@@ -229,7 +281,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
             for req in request.container_requests:
                 ids = list(req.devices_ids)
                 result = allocation.container_allocation(
-                    self.resource_name, self._devices, ids, self.pool.additional_info
+                    self.resource_name, self._devices, ids, self._spec.additional_info
                 )
                 responses.append(
                     api_pb2.ContainerAllocateResponse(

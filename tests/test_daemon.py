@@ -250,6 +250,25 @@ def test_list_on_fake_sysfs_table_and_json(tmp_path) -> None:
     assert by_pci["0000:05:00.0"]["pool"] is None
 
 
+def test_list_shows_the_health_the_daemon_advertises(node, kubelet, daemons) -> None:
+    fs = virtio_lab(node.sysfs, ["ndpa", "ndpb"], primary_netdev="ndpuplink")
+    fs.set_link("ndpb", operstate="lowerlayerdown", carrier=False)  # up, no carrier
+    start_daemon(daemons, node)
+    conn = kubelet.wait_registered(VIRT, timeout=10)
+    snap = conn.wait_snapshot(lambda s: len(s.devices) == 3)
+    listing = run_netdp("list", "--json", "--sysfs-root", str(node.sysfs))
+    assert listing.returncode == 0, listing.stderr
+    rows = {r["pci"]: r for r in json.loads(listing.stdout)["devices"]}
+    assert {a: rows[a]["health"] for a in snap.devices} == {
+        a: v.health for a, v in snap.devices.items()
+    }
+    assert rows["0000:02:00.0"]["health"] == "Unhealthy"
+    assert "no carrier on ndpb" in rows["0000:02:00.0"]["health_reason"]
+    table = run_netdp("list", "--sysfs-root", str(node.sysfs)).stdout
+    line = next(x for x in table.splitlines() if x.startswith("0000:02:00.0"))
+    assert line.endswith(f"{VIRT} (Unhealthy: no carrier on ndpb (link is up))")
+
+
 def test_list_on_this_machine_excludes_eth0_untouched() -> None:
     """Smoke test on the real /sys: only reads; eth0 must come out as the default route."""
     result = run_netdp("list", "--json")

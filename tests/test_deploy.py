@@ -459,7 +459,7 @@ def test_init_container_installs_the_cni_shim_where_the_runtime_looks(
 
 
 def metrics_port(c: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> int:
-    from deviceplugin.metrics import parse_address
+    from deviceplugin.listen_address import parse_address
 
     address = parse_address(run_args(c, monkeypatch).metrics_address)
     assert address is not None, "the manifests expect the metrics server on"
@@ -486,7 +486,8 @@ def test_probes_and_scrape_config_use_the_metrics_port(
 
 
 def test_probe_paths_are_served(rendered: list[dict[str, Any]]) -> None:
-    from deviceplugin.metrics import Metrics, MetricsServer, Request
+    from deviceplugin.http_endpoint import MetricsServer, Request
+    from deviceplugin.metrics import Metrics
 
     c = container(one(rendered, "DaemonSet"), "netdp")
     server = MetricsServer(

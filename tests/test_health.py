@@ -123,8 +123,7 @@ def state(
     previous: diff.NodeState | None = None,
 ) -> diff.NodeState:
     node = NodeDevices({d.pci_address: d for d in devices})
-    assignment = pools.assign(node, specs, frozenset())
-    return diff.build_state(node, assignment, specs, links or {}, previous)
+    return diff.build_state(diff.place(node, frozenset(), specs), links or {}, previous)
 
 
 def kinds(changes: diff.Changes) -> list[tuple[str, str]]:

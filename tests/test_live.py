@@ -29,9 +29,10 @@ from helpers import (
 
 from deviceplugin import watch
 from deviceplugin.config import load_config
-from deviceplugin.daemon import Daemon, DaemonObserver, Settings
+from deviceplugin.daemon import Daemon, Settings
 from deviceplugin.diff import NodeState
 from deviceplugin.model import Health
+from deviceplugin.observer import DaemonObserver
 from deviceplugin.sim.fakesysfs import FakeSysfs, virtio_lab
 from deviceplugin.sim.plugin_connection import Snapshot
 from deviceplugin.watch import Uevent
@@ -185,6 +186,11 @@ def test_vf_burst_is_one_rescan_and_one_snapshot(node, kubelet, daemons, tmp_pat
         fs.set_num_vfs(pf, 0)
         uevents(net.ns, trigger, 64, "remove")
         sriov.wait_snapshot(lambda s: set(s.devices) == {pf}, newer_than=burst)
+        # The kubelet may see the snapshot before the log says why: wait for the rescan's
+        # last line (uplink, NIC1 and the PF are left), which follows its device events.
+        d.wait_event(
+            "discovery_done", where=lambda e: e["trigger"] == "uevent" and e["devices"] == 3
+        )
         assert len([e for e in events(d, "device_removed") if e["device"] in vfs]) == 64
 
 
@@ -250,6 +256,31 @@ def test_reload_valid_invalid_and_pool_removal(node, kubelet, daemons, tmp_path)
         "kubelet.sock",
         "netdp-kernel.org_virt.sock",
     ]
+
+
+def test_changed_pool_settings_reregister_only_when_the_kubelet_saw_them(
+    node, kubelet, daemons, tmp_path
+) -> None:
+    """NUMA affinity was part of the registration's snapshots; pfLinkHealth was not."""
+    fs = FakeSysfs(node.sysfs)
+    fs.add_virtio_nic(NIC1, "ndpnuma", numa_node=1)
+    config = tmp_path / "config.json"
+    write_config(config, [VIRT_POOL])
+    d = start_daemon(daemons, node, "--config", str(config))
+    virt = kubelet.wait_registered(VIRT, timeout=10)
+    assert virt.wait_snapshot(lambda s: NIC1 in s.devices).devices[NIC1].numa_nodes == (1,)
+
+    write_config(config, [{**VIRT_POOL, "pfLinkHealth": False}])
+    quiet = d.wait_event("pool_respecified")
+    assert (quiet["pool"], quiet["reregister"]) == (VIRT, False)
+    time.sleep(0.3)
+    assert len(kubelet.registrations) == 1 and virt.stream_end is None
+
+    write_config(config, [{**VIRT_POOL, "pfLinkHealth": False, "excludeTopology": True}])
+    loud = d.wait_event("pool_respecified", where=lambda e: e["reregister"])
+    assert loud["pool"] == VIRT
+    again = kubelet.wait_registered(VIRT, timeout=5, newer_than=virt)
+    assert again.wait_snapshot(lambda s: NIC1 in s.devices).devices[NIC1].numa_nodes == ()
 
 
 def test_configmap_symlink_swap_is_a_reload(node, kubelet, daemons, tmp_path) -> None:

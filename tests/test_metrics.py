@@ -18,19 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from deviceplugin.daemon import DaemonObserver
+from deviceplugin import http_endpoint
 from deviceplugin.diff import NodeState, PoolState
 from deviceplugin.health import Verdict
-from deviceplugin.metrics import (
-    DEFAULT_ADDRESS,
-    DEVICE_INFO_LABELS,
-    Metrics,
-    MetricsServer,
-    metric_reference,
-    parse_address,
-    readiness,
-)
+from deviceplugin.http_endpoint import MetricsServer, readiness
+from deviceplugin.listen_address import DEFAULT_ADDRESS, parse_address
+from deviceplugin.metrics import DEVICE_INFO_LABELS, Metrics, metric_reference
 from deviceplugin.model import Device, Health, NetDev, NodeDevices
+from deviceplugin.observer import DaemonObserver
 from deviceplugin.pools import PoolSpec
 
 VIRT, SRIOV = "kernel.org/virt", "intel.com/sriov_a"
@@ -353,6 +348,26 @@ def test_http_edges() -> None:
         assert (await get(port, "/readyz")).status == 500
         probe.explode = False
         assert (await get(port, "/readyz")).status == 200
+
+    serve(test)
+
+
+def test_bodies_and_slow_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_endpoint, "REQUEST_TIMEOUT_S", 0.3)
+
+    async def test(server: MetricsServer, metrics: Metrics, probe: Probe) -> None:
+        port = server.port
+        # A body we never read: the answer must survive it (no reset on close).
+        body = b"x" * 200_000
+        post = b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+        assert (await raw(port, post + body)).startswith(b"HTTP/1.1 405 ")
+        # HTTP/1.1 requires Host; HTTP/1.0 does not.
+        assert (await raw(port, b"GET /healthz HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+        assert (await raw(port, b"GET /healthz HTTP/1.0\r\n\r\n")).endswith(b"\r\n\r\nok\n")
+        # A client that never finishes its request is dropped without an answer.
+        started = asyncio.get_running_loop().time()
+        assert await raw(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n") == b""
+        assert asyncio.get_running_loop().time() - started < 3
 
     serve(test)
 

@@ -1,9 +1,19 @@
-"""The ListAndWatch message built from pool state (pure part of the server)."""
+"""The pool server: its ListAndWatch message (pure), and how its state and socket change."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.model import Device, Health
-from deviceplugin.server import snapshot_message, socket_name
+from deviceplugin.pools import PoolSpec
+from deviceplugin.server import PoolServer, snapshot_message, socket_name
 
 
 def test_snapshot_carries_health_and_numa_unless_excluded() -> None:
@@ -30,3 +40,84 @@ def test_long_resource_names_get_short_unique_sockets() -> None:
     a = socket_name("a" * 200 + ".example.com/" + "x" * 63)
     b = socket_name("a" * 200 + ".example.com/" + "x" * 62 + "y")
     assert a != b and len(a) <= 60 and len(b) <= 60
+
+
+# --- lifecycle: a server changes only through its own methods, one change at a time ----
+
+
+def serve(plugin_dir: Path, test: Callable[[PoolServer], Awaitable[None]]) -> None:
+    """Run `test` against a started server of pool `example.com/a`; always stop it."""
+
+    async def main() -> None:
+        server = PoolServer(PoolSpec("example.com/a", ()), plugin_dir, None)
+        await server.start()
+        try:
+            await test(server)
+        finally:
+            await server.stop()
+        assert not server.socket_path.exists()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+async def answers(server: PoolServer) -> bool:
+    async with grpc.aio.insecure_channel(f"unix://{server.socket_path}") as channel:
+        stub = api_pb2_grpc.DevicePluginStub(channel)
+        options = await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=5)
+    return options.get_preferred_allocation_available
+
+
+def test_respecify_restarts_only_for_what_the_kubelet_saw(tmpfs_path: Path) -> None:
+    async def test(server: PoolServer) -> None:
+        spec = server.spec
+        server.mark_registered("kubelet-1")
+        inode = server.socket_path.stat().st_ino
+        assert not await server.respecify(replace(spec, pf_link_health=False))
+        assert server.spec == replace(spec, pf_link_health=False)
+        assert server.registered_with == "kubelet-1"
+        assert server.socket_path.stat().st_ino == inode
+        # NUMA affinity is in every snapshot the kubelet got: a new socket, a new Register.
+        assert await server.respecify(replace(spec, exclude_topology=True))
+        assert server.spec.exclude_topology and server.registered_with is None
+        assert server.socket_alive() and server.socket_path.stat().st_ino != inode
+        assert await answers(server)
+        with pytest.raises(ValueError):
+            await server.respecify(PoolSpec("example.com/b", ()))
+
+    serve(tmpfs_path, test)
+
+
+def test_revive_serves_again_only_when_the_socket_was_removed(tmpfs_path: Path) -> None:
+    async def test(server: PoolServer) -> None:
+        assert not await server.revive()
+        server.mark_registered("kubelet-1")
+        server.socket_path.unlink()  # what the kubelet does when it starts
+        assert await server.revive()
+        assert server.socket_alive() and server.registered_with is None
+        assert await answers(server)
+
+    serve(tmpfs_path, test)
+
+
+def test_concurrent_lifecycle_calls_take_turns(tmpfs_path: Path) -> None:
+    """The daemon re-specifying a pool while the registrar revives its socket."""
+
+    async def test(server: PoolServer) -> None:
+        flipped = replace(server.spec, exclude_topology=True)
+        server.socket_path.unlink()
+        await asyncio.gather(server.respecify(flipped), server.revive(), server.restart())
+        assert server.socket_alive()
+        assert await answers(server)
+
+    serve(tmpfs_path, test)
+
+
+def test_a_stopped_server_is_not_revived(tmpfs_path: Path) -> None:
+    async def main() -> None:
+        server = PoolServer(PoolSpec("example.com/a", ()), tmpfs_path, None)
+        await server.start()
+        await server.stop()
+        assert not await server.revive()
+        assert not server.socket_path.exists()
+
+    asyncio.run(asyncio.wait_for(main(), 20))

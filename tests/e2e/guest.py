@@ -45,9 +45,9 @@ from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
 from deviceplugin.cni.install import install_shim
 from deviceplugin.config import default_config, load_config
-from deviceplugin.daemon import take_snapshot
 from deviceplugin.sim.kubelet import KubeletStandIn
 from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
+from deviceplugin.survey import survey
 
 VIRT = "kernel.org/virt"
 SRIOV = "kernel.org/sriov"
@@ -249,21 +249,21 @@ def snapshot_fact(snap: Snapshot) -> dict[str, str]:
 def show_discovery(rec: Recorder, config_path: Path | None) -> dict[str, Any]:
     """What `netdp list` would print, from the same code, without another process."""
     config = load_config(config_path) if config_path else default_config()
-    snap = take_snapshot(config, Path("/sys"))
-    placed = {d.pci_address: r for r, devs in snap.assignment.pools.items() for d in devs}
-    rec.say(f"default-route interfaces: {sorted(snap.default_route_ifaces)}")
+    state = survey(config.pools, Path("/sys"))
+    placed = {d.pci_address: r for r, pool in state.pools.items() for d in pool.devices}
+    rec.say(f"default-route interfaces: {sorted(state.default_route_ifaces)}")
     rows = {}
-    for address, dev in sorted(snap.node.devices.items()):
-        where = placed.get(address) or f"excluded: {snap.assignment.excluded.get(address)}"
+    for address, dev in sorted(state.node.devices.items()):
+        where = placed.get(address) or f"excluded: {state.excluded.get(address)}"
         rec.say(f"{address}  {dev.netdev or '-':6}  {dev.driver or '-':10}  "
                 f"{dev.vendor}:{dev.device}  {where}")  # fmt: skip
         rows[address] = {
             "netdev": dev.netdev,
             "driver": dev.driver,
             "pool": placed.get(address),
-            "excluded": snap.assignment.excluded.get(address),
+            "excluded": state.excluded.get(address),
         }
-    return {"default_route": sorted(snap.default_route_ifaces), "devices": rows}
+    return {"default_route": sorted(state.default_route_ifaces), "devices": rows}
 
 
 @dataclass
