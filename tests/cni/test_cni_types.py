@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceplugin.cni import shim
-from deviceplugin.cni.executor import Executor, Origin, Settings, parse_alias
+from deviceplugin.cni.executor import Executor, Settings
+from deviceplugin.cni.origin import Origin, parse_alias
 from deviceplugin.cni.types import (
     SUPPORTED_VERSIONS,
     CniError,
