@@ -3,7 +3,8 @@
 The plugin is found by name in CNI_PATH, gets the caller's environment with
 CNI_COMMAND replaced, and the network config unchanged on stdin. Its answer is
 a result or an error object; an error keeps the IPAM plugin's own message so
-the runtime sees why, e.g., the range is exhausted.
+the runtime sees why, e.g., the range is exhausted. `PluginIpam` is the real
+IPAM port (`ports.Ipam`) the executor hands the rules.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What the CNI rules need from the world, as protocols over plain records.
 
 The rules (`resolve`, `add`, `delete`, `check`, `restore`) are written against
-these ports only, so they import no pyroute2, no sysfs reader and no
-subprocess, and their tests run without root on in-memory fakes. The real
+these ports only, so they import no pyroute2, no sysfs reader and no IPAM
+runner, and their tests run without root on in-memory fakes. The real
 adapters are `netlink.NetlinkNamespaces` (namespaces and links),
 `sysfs_devices.SysfsDevices` (device records) and `ipam.PluginIpam` (the
 delegated IPAM plugin); `executor` wires them.

@@ -1,4 +1,4 @@
-"""The CNI rules depend on the ports only: no pyroute2, no sysfs reader, no subprocess."""
+"""The CNI rules depend on the ports only: no pyroute2, no sysfs reader, no IPAM runner."""
 
 from __future__ import annotations
 
