@@ -32,13 +32,19 @@ def devinfo_document(device: Device) -> dict[str, Any]:
 
 
 def write_devinfo(directory: Path, resource_name: str, device: Device) -> Path:
-    """Write (atomically: Multus may read it at any moment) one device's file."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """The device plugin's file for one allocated device, under the conventional name."""
     path = directory / devinfo_filename(resource_name, device.pci_address)
+    write_devinfo_file(path, device)
+    return path
+
+
+def write_devinfo_file(path: Path, device: Device) -> None:
+    """One device's document at `path` (the plugin's file, or the one Multus asks the CNI
+    for), written atomically: Multus may read it at any moment."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(devinfo_document(device), indent=2) + "\n")
     os.replace(tmp, path)
-    return path
 
 
 def remove_devinfo(paths: list[Path]) -> None:

@@ -34,10 +34,13 @@ def default_route_ifindexes(routes: Iterable[Mapping[str, Any]]) -> frozenset[in
     return frozenset(found)
 
 
-def _plain_routes(ipr: Any) -> list[dict[str, Any]]:
+def _default_route_records(ipr: Any) -> list[dict[str, Any]]:
+    """The default routes of `ipr`'s namespace in the plain form above."""
     plain = []
     for family in (socket.AF_INET, socket.AF_INET6):
         for msg in ipr.route("dump", family=family):
+            if msg["dst_len"] != 0:
+                continue  # not a default route: no attributes to read
             multipath = msg.get_attr("RTA_MULTIPATH") or []
             plain.append(
                 {
@@ -51,12 +54,18 @@ def _plain_routes(ipr: Any) -> list[dict[str, Any]]:
     return plain
 
 
+def read_default_route_ifindexes(ipr: Any) -> frozenset[int]:
+    """Interfaces carrying a default route in the namespace of `ipr` (a pyroute2 IPRoute);
+    routes only, no link dump."""
+    return default_route_ifindexes(_default_route_records(ipr))
+
+
 def default_route_interfaces() -> frozenset[str]:
     """Names of the interfaces that carry a default route in this namespace."""
     from pyroute2 import IPRoute  # imported late: ~190 ms, and the CNI shim must not pay it
 
     with IPRoute() as ipr:
-        indexes = default_route_ifindexes(_plain_routes(ipr))
+        indexes = read_default_route_ifindexes(ipr)
         names = set()
         for link in ipr.get_links():
             if link["index"] in indexes:

@@ -537,3 +537,39 @@ def read_device(sysfs_root: Path, pci_address: str) -> Device | None:
         return _finish(pci, probe, lambda pf: _read_pf_info(bus, pf))
     finally:
         os.close(bus.fd)
+
+
+# --- netdev -> PCI function, one readlink -------------------------------------
+
+
+def pci_address_of_netdev_link(target: str, name: str) -> str | None:
+    """The PCI function a `class/net/<name>` link target puts the netdev under.
+
+    The target is the netdev's place in the device tree:
+    `../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0` for virtio,
+    `.../0000:05:10.2/net/ens5v2` for most drivers. Only these two places
+    count, the ones `scan` reads netdevs from; a netdev of a USB or platform
+    device, or a virtual one (`devices/virtual/net/lo`), has no PCI function.
+    """
+    parts = target.rstrip("/").split("/")
+    if len(parts) < 3 or parts[-1] != name or parts[-2] != "net":
+        return None
+    owner = parts[-3]
+    if is_virtio_child(owner) and len(parts) >= 4:
+        owner = parts[-4]
+    try:
+        return parse_pci_address(owner)
+    except ValueError:
+        return None
+
+
+def netdev_pci_address(sysfs_root: Path, name: str) -> str | None:
+    """The PCI address of netdev `name` in this namespace, from one readlink; None if the
+    name is no netdev here or has no PCI function of its own."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        return None
+    try:
+        target = os.readlink(os.path.join(sysfs_root, "class/net", name))
+    except OSError:
+        return None
+    return pci_address_of_netdev_link(target, name)

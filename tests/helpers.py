@@ -163,23 +163,12 @@ def run_netdp(*args: str, netns: str | None = None) -> subprocess.CompletedProce
 
 @contextmanager
 def in_netns(name: str) -> Iterator[None]:
-    """Run the calling thread inside namespace `name` (sockets made here stay there).
+    """Run the calling thread inside namespace `name` (sockets made here stay there),
+    with the executor's own `setns` wrapper; back in its own namespace on the way out."""
+    from deviceplugin.cni.netlink import inside_netns  # pyroute2 only for the tests that need it
 
-    `setns` moves only the calling thread, and the original namespace is
-    entered again on the way out, even on failure.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    clone_newnet = 0x40000000
-    with open("/proc/thread-self/ns/net", "rb") as home, open(f"/run/netns/{name}", "rb") as ns:
-        if libc.setns(ns.fileno(), clone_newnet) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home.fileno(), clone_newnet) != 0:
-                raise OSError(ctypes.get_errno(), "setns back")
+    with open(f"/run/netns/{name}", "rb") as ns, inside_netns(ns.fileno()):
+        yield
 
 
 class Node:

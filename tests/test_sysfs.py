@@ -462,3 +462,48 @@ def test_finds_the_hosts_uplink() -> None:
     assert dev.netdev == "eth0" and dev.netdev_state is NetdevState.PRESENT
     assert dev.netdevs[0].link_type == "ether"
     assert read_device(Path("/sys"), "0000:00:03.0") == dev
+
+
+# --- netdev -> PCI address, one readlink ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "expected"),
+    [
+        ("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "eth0", "0000:00:03.0"),
+        ("../../devices/pci0000:00/0000:00:02.0/0000:01:00.0/net/ens1", "ens1", "0000:01:00.0"),
+        ("../../devices/pci0000:00/0000:00:02.0/0000:01:10.2/net/ens1v1/", "ens1v1", VF1),
+        ("../../devices/virtual/net/lo", "lo", None),
+        ("../../devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/net/enx1", "enx1", None),
+        ("../../devices/platform/a000000.virtio_mmio/virtio0/net/eth0", "eth0", None),
+        ("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "eth1", None),
+        ("net/eth0", "eth0", None),
+    ],
+)
+def test_pci_address_of_netdev_link(target: str, name: str, expected: str | None) -> None:
+    assert sysfs.pci_address_of_netdev_link(target, name) == expected
+
+
+def test_netdev_pci_address_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:
+    """Virtio children, NICs behind root ports, PFs and VFs; moved and returned netdevs."""
+    sriov.move_netdev_out(VF0)
+    for fs in (sriov, lab):
+        node = scan(fs.root)
+        names = {nd.name: dev.pci_address for dev in node.devices.values() for nd in dev.netdevs}
+        assert len(names) >= 2
+        for name, pci in names.items():
+            assert sysfs.netdev_pci_address(fs.root, name) == pci
+    assert sysfs.netdev_pci_address(sriov.root, "ens1f0v0") is None  # in a pod now
+    sriov.return_netdev(VF0, "net1")
+    assert sysfs.netdev_pci_address(sriov.root, "net1") == VF0
+    for name in ("", ".", "..", "../../bus/pci/devices/0000:01:00.0", "a\0b", "nope"):
+        assert sysfs.netdev_pci_address(sriov.root, name) is None
+
+
+def test_netdev_pci_address_on_this_machine() -> None:
+    node = scan(Path("/sys"))
+    names = os.listdir("/sys/class/net")
+    assert "lo" in names
+    for name in names:
+        dev = node.by_netdev(name)
+        assert sysfs.netdev_pci_address(Path("/sys"), name) == (dev.pci_address if dev else None)

@@ -3,7 +3,8 @@
 The plugin is found by name in CNI_PATH, gets the caller's environment with
 CNI_COMMAND replaced, and the network config unchanged on stdin. Its answer is
 a result or an error object; an error keeps the IPAM plugin's own message so
-the runtime sees why, e.g., the range is exhausted.
+the runtime sees why, e.g., the range is exhausted. `PluginIpam` is the real
+IPAM port (`ports.Ipam`) the executor hands the rules.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
-from deviceplugin.cni.types import ERR_IPAM, CniError, CniRequest, IpamResult, parse_ipam_result
+from deviceplugin.cni.types import ERR_IPAM, CniError, CniRequest
 
 log = structlog.get_logger(__name__)
 
@@ -114,34 +114,29 @@ class Call:
         return stdout
 
 
-def runs_detached(ipam_type: str) -> bool:
-    return ipam_type in DETACHED_PLUGINS
+class PluginIpam:
+    """The IPAM port (`ports.Ipam`) on real plugins found in CNI_PATH."""
 
+    def detached(self, plugin: str) -> bool:
+        return plugin in DETACHED_PLUGINS
 
-def invoke(request: CniRequest, command: str, stdin: bytes | None = None) -> bytes:
-    """Run the IPAM plugin to completion."""
-    return Call(request, command, stdin).finish()
+    def start(self, request: CniRequest, command: str) -> Call:
+        return Call(request, command)
 
+    def invoke(self, request: CniRequest, command: str) -> bytes:
+        """Run the IPAM plugin to completion."""
+        return Call(request, command).finish()
 
-def parse_add(out: bytes, name: str) -> IpamResult:
-    try:
-        doc = json.loads(out)
-        if not isinstance(doc, Mapping):
-            raise ValueError("not an object")
-        return parse_ipam_result(doc)
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise CniError(ERR_IPAM, f"IPAM {name} returned a bad result", str(exc)) from None
+    def find(self, request: CniRequest) -> None:
+        assert request.ipam_type is not None
+        find_plugin(request.ipam_type, request.cni_path)
 
-
-def check(request: CniRequest) -> None:
-    invoke(request, "CHECK")
-
-
-def supports(request: CniRequest, version: str) -> bool:
-    """Whether the IPAM plugin speaks `version` (asked before delegating 1.1-only commands)."""
-    try:
-        out = invoke(request, "VERSION", json.dumps({"cniVersion": version}).encode())
-        return version in json.loads(out).get("supportedVersions", [])
-    except (CniError, ValueError, AttributeError) as exc:
-        log.info("ipam_version_unknown", plugin=request.ipam_type, error=str(exc))
-        return False
+    def supports(self, request: CniRequest, version: str) -> bool:
+        """Whether the plugin speaks `version` (asked before delegating 1.1-only commands)."""
+        stdin = json.dumps({"cniVersion": version}).encode()
+        try:
+            out = Call(request, "VERSION", stdin).finish()
+            return version in json.loads(out).get("supportedVersions", [])
+        except (CniError, ValueError, AttributeError) as exc:
+            log.info("ipam_version_unknown", plugin=request.ipam_type, error=str(exc))
+            return False

@@ -383,6 +383,17 @@ def parse_ipam_result(doc: Mapping[str, Any]) -> IpamResult:
     )
 
 
+def parse_ipam_output(out: bytes, plugin: str) -> IpamResult:
+    """An IPAM plugin's ADD answer; `CniError` (ERR_IPAM) names the plugin if malformed."""
+    try:
+        doc = json.loads(out)
+        if not isinstance(doc, Mapping):
+            raise ValueError("not an object")
+        return parse_ipam_result(doc)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise CniError(ERR_IPAM, f"IPAM {plugin} returned a bad result", str(exc)) from None
+
+
 def build_result(
     version: str, interfaces: list[Interface], ipam: IpamResult | None
 ) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Fixtures of the ehost-device tests; the machinery lives in `cnilab`."""
+"""Fixtures of the ehost-device tests: real namespaces in `cnilab`; the in-memory
+ports of the no-root rule tests are in `fakenet` and `world`."""
 
 from __future__ import annotations
 

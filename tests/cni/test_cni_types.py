@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from world import POD, World
 
 from deviceplugin.cni import shim
-from deviceplugin.cni.executor import Executor, Origin, Settings, parse_alias
+from deviceplugin.cni.executor import Executor, Settings
+from deviceplugin.cni.origin import Origin, parse_alias
 from deviceplugin.cni.types import (
     SUPPORTED_VERSIONS,
     CniError,
@@ -192,6 +195,14 @@ def test_alias_round_trip() -> None:
     assert parse_alias(Origin("ens5").to_alias()) == Origin("ens5")
     assert parse_alias("uplink to rack 4") is None
     assert parse_alias("netdp:pci=") is None
+    assert parse_alias("netdp:orig=ens5;mtu=\u00b2") == Origin("ens5")  # "²".isdigit()
+
+
+@given(st.text(max_size=60).map(lambda t: "netdp:" + t) | st.text(max_size=60))
+def test_alias_parser_never_raises(alias: str) -> None:
+    """A pod holding the NIC can write any alias: DEL must still read it."""
+    origin = parse_alias(alias)
+    assert origin is None or (origin.orig_name and parse_alias(origin.to_alias()) is not None)
 
 
 def test_wire_format_round_trip() -> None:
@@ -287,6 +298,35 @@ def test_executor_answers_bad_input_with_error_json(env: dict, stdin: bytes, com
     if out.exit_code != 0:
         doc = json.loads(out.stdout)
         assert set(doc) >= {"code", "msg"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    env=env_strategy,
+    stdin=stdins,
+    command=st.sampled_from(["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "X"]),
+    netns=st.sampled_from([POD, "/run/netns/gone", ""]),
+)
+def test_executor_on_fake_ports_answers_anything(
+    env: dict, stdin: bytes, command: str, netns: str
+) -> None:
+    """Every command, DEL and GC too, on in-memory ports: an answer, never a crash; no
+    namespace left open; a failed ADD leaves the NIC exactly as it was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        world = World(Path(tmp))
+        pci, _ = world.nic(5)
+        before = world.kernel.state(pci)
+        env = {**env, "CNI_COMMAND": command, "CNI_NETNS": netns, "CNI_PATH": "/nonexistent"}
+        out = world.executor.run(env, stdin)
+        assert world.kernel.open == 0
+        assert world.kernel.where(pci) is not None
+        if out.exit_code != 0:
+            doc = json.loads(out.stdout)
+            assert set(doc) >= {"code", "msg"}
+            if command == "ADD":
+                assert world.kernel.state(pci) == before
+        elif out.stdout:
+            json.loads(out.stdout)
 
 
 @settings(max_examples=300, deadline=None)
