@@ -23,6 +23,7 @@ PURE_CORE = [
     "deviceplugin.config.schema",
     "deviceplugin.config.errors",
     "deviceplugin.config.convert",
+    "deviceplugin.sysfs_values",
 ]
 # Libraries that talk to sockets, netlink, udev, inotify or HTTP, and our modules that do.
 IO_MODULES = [

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deviceplugin import sysfs
+from deviceplugin import sysfs, sysfs_values
 from deviceplugin.model import Device, NetdevState
 from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, tmpfs_tempdir, virtio_lab
 from deviceplugin.sysfs import read_device, scan
@@ -52,24 +52,24 @@ def only(fs: FakeSysfs, pci: str) -> Device:
 @pytest.mark.parametrize(
     ("parse", "raw", "expected"),
     [
-        (sysfs.parse_hex_id, "0x1AF4\n", "1af4"),
-        (sysfs.parse_class, "0x020000\n", "020000"),
-        (sysfs.parse_numa_node, "-1\n", None),
-        (sysfs.parse_numa_node, "1\n", 1),
-        (sysfs.parse_carrier, "0\n", False),
-        (sysfs.parse_operstate, "lowerlayerdown\n", "lowerlayerdown"),
-        (sysfs.parse_mac, "52:54:00:5A:00:11\n", "52:54:00:5a:00:11"),
-        (sysfs.parse_link_type, "1\n", "ether"),
-        (sysfs.parse_link_type, "32\n", "infiniband"),
-        (sysfs.parse_link_type, "772\n", "arphrd-772"),
-        (sysfs.pci_address_of_link, "../0000:05:10.2", "0000:05:10.2"),
-        (sysfs.pci_address_of_link, "../10000:e1:00.0", "10000:e1:00.0"),  # VMD domain
-        (sysfs.iommu_group_of_link, "../../../kernel/iommu_groups/17", 17),
-        (sysfs.driver_of_link, "../../../bus/pci/drivers/igbvf", "igbvf"),
-        (sysfs.virtfn_index, "virtfn12", 12),
-        (sysfs.virtfn_index, "virtio3", None),
-        (sysfs.is_virtio_child, "virtio3", True),
-        (sysfs.is_virtio_child, "virtfn3", False),
+        (sysfs_values.parse_hex_id, "0x1AF4\n", "1af4"),
+        (sysfs_values.parse_class, "0x020000\n", "020000"),
+        (sysfs_values.parse_numa_node, "-1\n", None),
+        (sysfs_values.parse_numa_node, "1\n", 1),
+        (sysfs_values.parse_carrier, "0\n", False),
+        (sysfs_values.parse_operstate, "lowerlayerdown\n", "lowerlayerdown"),
+        (sysfs_values.parse_mac, "52:54:00:5A:00:11\n", "52:54:00:5a:00:11"),
+        (sysfs_values.parse_link_type, "1\n", "ether"),
+        (sysfs_values.parse_link_type, "32\n", "infiniband"),
+        (sysfs_values.parse_link_type, "772\n", "arphrd-772"),
+        (sysfs_values.pci_address_of_link, "../0000:05:10.2", "0000:05:10.2"),
+        (sysfs_values.pci_address_of_link, "../10000:e1:00.0", "10000:e1:00.0"),  # VMD domain
+        (sysfs_values.iommu_group_of_link, "../../../kernel/iommu_groups/17", 17),
+        (sysfs_values.driver_of_link, "../../../bus/pci/drivers/igbvf", "igbvf"),
+        (sysfs_values.virtfn_index, "virtfn12", 12),
+        (sysfs_values.virtfn_index, "virtio3", None),
+        (sysfs_values.is_virtio_child, "virtio3", True),
+        (sysfs_values.is_virtio_child, "virtfn3", False),
     ],
 )
 def test_parsers(parse, raw, expected) -> None:
@@ -79,20 +79,20 @@ def test_parsers(parse, raw, expected) -> None:
 @pytest.mark.parametrize(
     ("parse", "raw"),
     [
-        (sysfs.parse_hex_id, "0x1af\n"),
-        (sysfs.parse_hex_id, "0xzzzz"),
-        (sysfs.parse_class, "0x0200"),
-        (sysfs.parse_int, "1_0"),
-        (sysfs.parse_int, "\u0661"),  # ARABIC-INDIC DIGIT ONE, which int() would take
-        (sysfs.parse_int, "-3"),
-        (sysfs.parse_numa_node, "-2"),
-        (sysfs.parse_carrier, "yes"),
-        (sysfs.parse_operstate, "sideways"),
-        (sysfs.parse_mac, "52:54:00:5a:00:1"),
-        (sysfs.parse_mac, ""),
-        (sysfs.pci_address_of_link, "../eth0"),
-        (sysfs.iommu_group_of_link, "../kernel/iommu_groups/x"),
-        (sysfs.driver_of_link, ""),
+        (sysfs_values.parse_hex_id, "0x1af\n"),
+        (sysfs_values.parse_hex_id, "0xzzzz"),
+        (sysfs_values.parse_class, "0x0200"),
+        (sysfs_values.parse_int, "1_0"),
+        (sysfs_values.parse_int, "\u0661"),  # ARABIC-INDIC DIGIT ONE, which int() would take
+        (sysfs_values.parse_int, "-3"),
+        (sysfs_values.parse_numa_node, "-2"),
+        (sysfs_values.parse_carrier, "yes"),
+        (sysfs_values.parse_operstate, "sideways"),
+        (sysfs_values.parse_mac, "52:54:00:5a:00:1"),
+        (sysfs_values.parse_mac, ""),
+        (sysfs_values.pci_address_of_link, "../eth0"),
+        (sysfs_values.iommu_group_of_link, "../kernel/iommu_groups/x"),
+        (sysfs_values.driver_of_link, ""),
     ],
 )
 def test_parsers_reject_garbage(parse, raw) -> None:
@@ -481,7 +481,7 @@ def test_finds_the_hosts_uplink() -> None:
     ],
 )
 def test_pci_address_of_netdev_link(target: str, name: str, expected: str | None) -> None:
-    assert sysfs.pci_address_of_netdev_link(target, name) == expected
+    assert sysfs_values.pci_address_of_netdev_link(target, name) == expected
 
 
 def test_netdev_pci_address_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:

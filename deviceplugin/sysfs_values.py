@@ -1,0 +1,160 @@
+"""What sysfs files and links say, as pure parsers: text in, value or `ValueError` out.
+
+sysfs contents are untrusted input (a fake `--sysfs-root`, a buggy driver, a
+device vanishing mid-read), so every parser is strict and names the text it
+refused; `sysfs.py` decides what a refusal costs (one field, or the device).
+Kept apart from the reader so the rules are tested without a file system.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from deviceplugin.model import NetDev, NetdevState
+
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+_INT = re.compile(r"-?[0-9]+")
+_HEX = re.compile(r"[0-9a-f]+")
+_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){0,31}")
+_OPERSTATES = frozenset(
+    {"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
+)
+_LINK_TYPES = {1: "ether", 32: "infiniband"}  # ARPHRD_ETHER, ARPHRD_INFINIBAND
+
+
+def _clip(text: str) -> str:
+    return repr(text[:40])
+
+
+def parse_hex_id(text: str, digits: int = 4) -> str:
+    """`"0x1af4\\n"` -> `"1af4"`: the spelling sriovdp selectors use."""
+    value = text.strip().lower().removeprefix("0x")
+    if len(value) != digits or not _HEX.fullmatch(value):
+        raise ValueError(f"not a {digits}-digit hex id: {_clip(text)}")
+    return value
+
+
+def parse_class(text: str) -> str:
+    """`"0x020000\\n"` -> `"020000"` (base class, subclass, prog-if)."""
+    return parse_hex_id(text, 6)
+
+
+def parse_int(text: str, minimum: int = 0) -> int:
+    """A decimal sysfs number; strict, because `int()` also takes `"1_0"` and non-ASCII digits."""
+    value = text.strip()
+    if not _INT.fullmatch(value) or int(value) < minimum:
+        raise ValueError(f"not an integer >= {minimum}: {_clip(text)}")
+    return int(value)
+
+
+def parse_numa_node(text: str) -> int | None:
+    """The kernel writes -1 for "no NUMA affinity"; the model says None."""
+    node = parse_int(text, minimum=-1)
+    return None if node == -1 else node
+
+
+def parse_ifindex(text: str) -> int:
+    return parse_int(text, minimum=1)
+
+
+def parse_carrier(text: str) -> bool:
+    value = text.strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"carrier is not 0 or 1: {_clip(text)}")
+    return value == "1"
+
+
+def parse_operstate(text: str) -> str:
+    value = text.strip()
+    if value not in _OPERSTATES:
+        raise ValueError(f"unknown operstate: {_clip(text)}")
+    return value
+
+
+def _matching(pattern: re.Pattern[str], what: str, text: str) -> str:
+    """`text` trimmed and lowercased when all of it is `pattern` (sysfs may write either case)."""
+    value = text.strip().lower()
+    if not pattern.fullmatch(value):
+        raise ValueError(f"not {what}: {_clip(text)}")
+    return value
+
+
+def parse_mac(text: str) -> str:
+    """Colon-separated hex octets: 6 for Ethernet, 20 for InfiniBand."""
+    return _matching(_MAC, "a hardware address", text)
+
+
+def link_type_name(arphrd: int) -> str:
+    """The `type` file's ARPHRD number as sriovdp's `linkTypes` selector spells it."""
+    return _LINK_TYPES.get(arphrd, f"arphrd-{arphrd}")
+
+
+def parse_link_type(text: str) -> str:
+    return link_type_name(parse_int(text))
+
+
+def parse_pci_address(text: str) -> str:
+    return _matching(_PCI_ADDRESS, "a PCI address", text)
+
+
+def _link_name(target: str) -> str:
+    return target.rstrip("/").rpartition("/")[2]
+
+
+def pci_address_of_link(target: str) -> str:
+    """`physfn -> ../0000:05:00.0` and `virtfnN -> ../0000:05:10.0` name a PCI function."""
+    return parse_pci_address(_link_name(target))
+
+
+def iommu_group_of_link(target: str) -> int:
+    """`iommu_group -> ../../../kernel/iommu_groups/17` -> 17."""
+    return parse_int(_link_name(target))
+
+
+def driver_of_link(target: str) -> str:
+    """`driver -> ../../../bus/pci/drivers/igbvf` -> `igbvf`."""
+    name = _link_name(target)
+    if not name:
+        raise ValueError(f"empty driver link: {_clip(target)}")
+    return name
+
+
+def virtfn_index(name: str) -> int | None:
+    """`virtfn12` -> 12; None for any other directory entry."""
+    if name.startswith("virtfn") and name[6:].isdigit() and name[6:].isascii():
+        return int(name[6:])
+    return None
+
+
+def is_virtio_child(name: str) -> bool:
+    """virtio NICs keep their netdev one level down, under `virtioN/net/`."""
+    return name.startswith("virtio") and name[6:].isdigit() and name[6:].isascii()
+
+
+def netdev_state(netdevs: Iterable[NetDev], net_dir_seen: bool) -> NetdevState:
+    """An empty `net/` dir means the driver made a netdev that now lives elsewhere."""
+    if any(True for _ in netdevs):
+        return NetdevState.PRESENT
+    return NetdevState.ELSEWHERE if net_dir_seen else NetdevState.NONE
+
+
+def pci_address_of_netdev_link(target: str, name: str) -> str | None:
+    """The PCI function a `class/net/<name>` link target puts the netdev under.
+
+    The target is the netdev's place in the device tree:
+    `../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0` for virtio,
+    `.../0000:05:10.2/net/ens5v2` for most drivers. Only these two places
+    count, the ones `scan` reads netdevs from; a netdev of a USB or platform
+    device, or a virtual one (`devices/virtual/net/lo`), has no PCI function.
+    """
+    parts = target.rstrip("/").split("/")
+    if len(parts) < 3 or parts[-1] != name or parts[-2] != "net":
+        return None
+    owner = parts[-3]
+    if is_virtio_child(owner) and len(parts) >= 4:
+        owner = parts[-4]
+    try:
+        return parse_pci_address(owner)
+    except ValueError:
+        return None
