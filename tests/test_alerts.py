@@ -11,7 +11,6 @@ no alert can fire in a gap between the hand-picked evaluation times.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import load_script
 from prom import promtool, rule_file_alerts
 
 from deviceplugin.metrics import metric_reference
@@ -167,12 +167,7 @@ def test_github_anchors() -> None:
 
 
 def load_generator() -> ModuleType:
-    path = REPO / "scripts" / "gen_prometheusrule.py"
-    spec = importlib.util.spec_from_file_location("gen_prometheusrule", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "gen_prometheusrule.py")
 
 
 def test_prometheusrule_is_generated_from_the_rules_file() -> None:

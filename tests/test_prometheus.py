@@ -56,11 +56,7 @@ def fetch_in_netns(netns: str, url: str) -> str:
 def test_prometheus_sees_what_the_kubelet_sees(node, daemons, tmp_path) -> None:
     with namespaces() as nss:
         net = make_node_netns(nss, extra=2)
-        world = net.ns.replace("-node-", "-world-")
-        peers = [f"w{i}{nss.tag}" for i in range(2)]
-        for name, peer in zip(net.extra, peers, strict=True):
-            sh("ip", "-n", net.ns, "link", "set", name, "up")
-            sh("ip", "-n", world, "link", "set", peer, "up")
+        net.links_up()
         virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
         cni_socket = tmp_path / "cni.sock"
         d = start_daemon(daemons, node, "--cni-socket", str(cni_socket), netns=net.ns)
@@ -122,7 +118,7 @@ def test_prometheus_sees_what_the_kubelet_sees(node, daemons, tmp_path) -> None:
                 )
 
                 # The peer of NIC1's netdev goes down: no carrier, an unhealthy device.
-                sh("ip", "-n", world, "link", "set", peers[0], "down")
+                sh("ip", "-n", net.world, "link", "set", net.peers[0], "down")
                 down = conn.wait_snapshot(
                     lambda s: s.healthy == {NIC2}, newer_than=healthy, timeout=TIMEOUT
                 )
