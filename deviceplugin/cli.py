@@ -210,7 +210,7 @@ async def _serve(
                 )
             )
         if cni_socket is not None:
-            side.append(CniServer(cni_socket, settings.sysfs_root))
+            side.append(CniServer(cni_socket, settings.sysfs_root, observer=metrics))
         for server in side:
             await server.start()
         run = asyncio.create_task(daemon.run(stop), name="daemon")

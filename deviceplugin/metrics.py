@@ -3,11 +3,12 @@
 `Metrics` owns its own `CollectorRegistry` rather than prometheus_client's
 global one, so several daemons (tests, the demo) can live in one process
 without clashing over metric names. It implements the `DaemonObserver`
-protocol (`observer.py`; the daemon, `server` and `kubelet` call its hooks),
-so none of them knows about Prometheus and this module knows nothing of
-them. Every metric is declared once in `METRICS`, which both builds the
-collectors and answers `metric_reference()`: the operator docs are tested
-against the same table the code exposes. `http_endpoint` serves it.
+protocol (`observer.py`; the daemon, `server`, `kubelet` and `cni/server`
+call its hooks), so none of them knows about Prometheus and this module
+knows nothing of them. Every metric is declared once in `METRICS`, which
+both builds the collectors and answers `metric_reference()`: the operator
+docs are tested against the same table the code exposes. `http_endpoint`
+serves it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ disable_created_metrics()
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 # A sysfs walk: milliseconds for a VM, up to seconds for hundreds of VFs on a slow sysfs.
 DISCOVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A CNI call: a netns move and an IPAM plugin run, tens of milliseconds; an IPAM plugin
+# may take up to its 60 s timeout.
+CNI_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 SUCCESS, FAILURE = "success", "failure"
 DEVICE_INFO_LABELS = (
@@ -165,6 +169,33 @@ METRICS: tuple[MetricSpec, ...] = (
         ("result",),
         "Config reloads, by result (success; failure keeps the running config).",
     ),
+    MetricSpec(
+        "netdp_config_last_reload_successful",
+        "gauge",
+        (),
+        "1 when the config in force is the last one read; 0 after a refused reload "
+        "left the previous one in force.",
+    ),
+    MetricSpec(
+        "netdp_cni_calls_total",
+        "counter",
+        ("command", "result"),
+        "CNI calls the daemon answered, by command (ADD, DEL, CHECK, STATUS, GC, VERSION, "
+        "other) and result (ok, or the CNI error code; other for an unknown one).",
+    ),
+    MetricSpec(
+        "netdp_cni_call_duration_seconds",
+        "histogram",
+        ("command",),
+        "Time to answer a CNI call, successful or not.",
+        CNI_BUCKETS,
+    ),
+    MetricSpec(
+        "netdp_nic_repairs_total",
+        "counter",
+        (),
+        "NICs stranded by a lost CNI call that the daemon put back under their host names.",
+    ),
 )
 
 
@@ -220,6 +251,10 @@ class Metrics(DaemonObserver):
         self._events_received: Counter = m["netdp_events_received_total"]
         self._events_coalesced: Counter = m["netdp_events_coalesced_total"]
         self._config_reloads: Counter = m["netdp_config_reloads_total"]
+        self._config_ok: Gauge = m["netdp_config_last_reload_successful"]
+        self._cni_calls: Counter = m["netdp_cni_calls_total"]
+        self._cni_seconds: Histogram = m["netdp_cni_call_duration_seconds"]
+        self._nic_repairs: Counter = m["netdp_nic_repairs_total"]
 
         # Per-pool series with the pool as their only label.
         self._per_pool = (
@@ -231,6 +266,7 @@ class Metrics(DaemonObserver):
         self._build_info.labels(version).set(1)
         for result in (SUCCESS, FAILURE):
             self._config_reloads.labels(result)
+        self._config_ok.set(1)  # the daemon does not start on an invalid config
         self._pools: set[str] = set()
         self._info_series: set[tuple[str, ...]] = set()
         self._health_series: set[tuple[str, str]] = set()
@@ -255,6 +291,16 @@ class Metrics(DaemonObserver):
     def kubelet_restarted(self) -> None:
         self._kubelet_restarts.inc()
 
+    # ---- CNI server and node repair ----------------------------------------------------------
+    def cni_call(self, command: str, result: str, seconds: float) -> None:
+        self._cni_calls.labels(command, result).inc()
+        self._cni_seconds.labels(command).observe(seconds)
+
+    def nic_repaired(self, device: str, name: str) -> None:
+        """One counter, no labels: it exists at 0 from the start, so `increase()` sees the
+        first repair; which NIC it was is in the log."""
+        self._nic_repairs.inc()
+
     # ---- daemon ------------------------------------------------------------------------------
     def discovery_done(self, trigger: str, seconds: float, devices: int) -> None:
         self._discovery_seconds.labels(trigger).observe(seconds)
@@ -268,6 +314,7 @@ class Metrics(DaemonObserver):
 
     def reload_done(self, ok: bool) -> None:
         self._config_reloads.labels(SUCCESS if ok else FAILURE).inc()
+        self._config_ok.set(1 if ok else 0)
 
     def health_changed(self, resource: str, device: str, health: Health) -> None:
         self._health_changes.labels(resource, health.value).inc()

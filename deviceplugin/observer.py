@@ -1,7 +1,7 @@
 """What the running daemon reports, as one protocol with no-op defaults.
 
-The daemon, its pool servers and its registrar call these hooks; `metrics`
-implements them. Keeping the protocol here, apart from both, means the
+The daemon, its pool servers, its registrar and its CNI server call these
+hooks; `metrics` implements them. Keeping the protocol here, apart from both, means the
 daemon knows nothing about Prometheus and the metrics know nothing about
 the daemon: either can be loaded, tested or replaced without the other.
 """
@@ -53,3 +53,17 @@ class DaemonObserver:
 
     def preferred_allocation(self, resource: str, seconds: float) -> None:
         """A GetPreferredAllocation call was answered."""
+
+    def cni_call(self, command: str, result: str, seconds: float) -> None:
+        """The CNI server answered one call.
+
+        `command` is the CNI command (ADD, DEL, CHECK, STATUS, GC, VERSION) or
+        `other`; `result` is `ok`, or the CNI error code the runtime got, as a
+        string (`cni/call_labels.py` keeps both to a fixed set).
+        """
+
+    def nic_repaired(self, device: str, name: str) -> None:
+        """A NIC stranded by a lost CNI call is back under its host name `name`.
+
+        `device` is its PCI address, or "" when it is not known.
+        """

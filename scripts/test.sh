@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need
-# (Debian's CNI plugins and iproute2 as root, the Python package with its test
-# extras), checks that kubectl is there, checks lint, then runs pytest. Extra
-# arguments go to pytest.
+# (Debian's CNI plugins, iproute2 and Prometheus as root, the Python package
+# with its test extras), checks that kubectl is there, checks lint, then runs
+# pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,10 +11,32 @@ if [ "$(id -u)" = 0 ]; then
   need=()
   [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  # prometheus and promtool: the alert rules' tests and a real scrape of the daemon.
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    # The tests start their own Prometheus on loopback and stop it: keep the
+    # package from starting its system service while it installs (policy-rc.d
+    # answering 101 forbids it), and from starting at boot afterwards.
+    policy=/usr/sbin/policy-rc.d
+    added_policy=
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' > "$policy"
+      chmod 755 "$policy"
+      added_policy=1
+    fi
+    status=0
+    { apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+    } || status=$?
+    [ -z "$added_policy" ] || rm -f "$policy"
+    [ "$status" = 0 ] || exit "$status"
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+      update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
   fi
 fi
 # tests/test_deploy.py renders daemonset/ with kubectl's built-in kustomize.

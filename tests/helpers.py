@@ -7,6 +7,7 @@ clash. Nothing here ever touches the host's own interfaces.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 NETDP = [sys.executable, "-m", "deviceplugin"]
 
@@ -67,11 +69,20 @@ def namespaces() -> Iterator[Namespaces]:
 
 @dataclass
 class NodeNetns:
-    """A namespace that plays the node: `uplink` carries its default route."""
+    """A namespace that plays the node: `uplink` carries its default route; `extra`
+    are spare NICs whose veth peers (`peers`) sit in the `world` namespace."""
 
     ns: str
     uplink: str
     extra: list[str]
+    world: str
+    peers: list[str]
+
+    def links_up(self) -> None:
+        """Both ends of every spare NIC up: the node side has a carrier."""
+        for name, peer in zip(self.extra, self.peers, strict=True):
+            sh("ip", "-n", self.ns, "link", "set", name, "up")
+            sh("ip", "-n", self.world, "link", "set", peer, "up")
 
 
 def make_node_netns(nss: Namespaces, extra: int = 0) -> NodeNetns:
@@ -85,12 +96,13 @@ def make_node_netns(nss: Namespaces, extra: int = 0) -> NodeNetns:
     sh("ip", "-n", node, "link", "set", uplink, "up")
     sh("ip", "-n", world, "link", "set", f"wup{nss.tag}", "up")
     sh("ip", "-n", node, "route", "add", "default", "via", "10.250.0.1", "dev", uplink)
-    names = []
+    names, peers = [], []
     for i in range(extra):
-        name = f"x{i}{nss.tag}"
-        nss.veth(name, node, f"w{i}{nss.tag}", world)
+        name, peer = f"x{i}{nss.tag}", f"w{i}{nss.tag}"
+        nss.veth(name, node, peer, world)
         names.append(name)
-    return NodeNetns(node, uplink, names)
+        peers.append(peer)
+    return NodeNetns(node, uplink, names, world, peers)
 
 
 class DaemonProcess:
@@ -197,3 +209,12 @@ def start_daemon(
     d = DaemonProcess(node.args(*extra), netns=netns)
     daemons.append(d)
     return d
+
+
+def load_script(path: Path) -> ModuleType:
+    """A file of scripts/ as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

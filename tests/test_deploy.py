@@ -48,6 +48,7 @@ from deviceplugin.config import Config, default_config, parse_config
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "daemonset"
 EXAMPLES = DEPLOY / "examples"
+MONITORING = DEPLOY / "components" / "monitoring"
 SCHEMAS = DEPLOY / "schemas"
 DOCKERFILE = REPO / "Dockerfile"
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -192,10 +193,18 @@ def pools(config: Config) -> list[tuple[Any, ...]]:
 # Schemas.
 
 
+def component_files(directory: Path) -> list[Path]:
+    """The manifests a kustomize component lists (its directory also holds a rules file)."""
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    return [directory / name for name in kustomization["resources"]]
+
+
 def manifest_files() -> list[tuple[str, dict[str, Any]]]:
-    """Every manifest as written, the kustomization's inputs and the extra files alike."""
+    """Every manifest as written: the kustomization's inputs, the component's, the examples."""
     docs = []
-    for path in sorted([*DEPLOY.glob("*.yaml"), *EXAMPLES.glob("*.yaml")]):
+    paths = [*DEPLOY.glob("*.yaml"), *component_files(MONITORING), *EXAMPLES.glob("*.yaml")]
+    for path in sorted(paths):
         if path.name != "kustomization.yaml":
             docs.extend((path.relative_to(REPO).as_posix(), d) for d in load_documents(path))
     return docs
@@ -206,6 +215,7 @@ CRD_SCHEMAS = {
         "networkattachmentdefinition-k8s.cni.cncf.io-v1.json"
     ),
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring.coreos.com-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
 }
 
 
@@ -260,10 +270,24 @@ def test_schemas_reject_what_the_api_server_would(rendered: list[dict[str, Any]]
     nad["spec"]["configs"] = nad["spec"].pop("config")
     with pytest.raises(jsonschema.ValidationError):
         validate(nad)
-    pm = load_documents(DEPLOY / "podmonitor.yaml")[0]
+    pm = load_documents(MONITORING / "podmonitor.yaml")[0]
     pm["spec"]["podMetricsEndpoints"][0]["interval"] = "30 seconds"
     with pytest.raises(jsonschema.ValidationError):
         validate(pm)
+    rule = load_documents(MONITORING / "prometheusrule.yaml")[0]
+    for broken in (
+        {"for": "15 minutes"},  # not a Prometheus duration
+        {"expression": "up == 0"},  # a typo'd field
+        {"labels": {"severity": 2}},  # label values are strings
+    ):
+        bad = copy.deepcopy(rule)
+        bad["spec"]["groups"][0]["rules"][0].update(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            validate(bad)
+    nameless = copy.deepcopy(rule)
+    del nameless["spec"]["groups"][0]["name"]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(nameless)
 
 
 # ---------------------------------------------------------------------------
@@ -288,9 +312,98 @@ def test_kustomization_renders_the_expected_objects(rendered: list[dict[str, Any
     selector = ds["spec"]["selector"]["matchLabels"]
     assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     assert one(rendered, "Service")["spec"]["selector"] == selector
-    pm = load_documents(DEPLOY / "podmonitor.yaml")[0]
+    pm = load_documents(MONITORING / "podmonitor.yaml")[0]
     assert pm["spec"]["selector"]["matchLabels"] == selector
     assert pm["metadata"]["namespace"] == one(rendered, "Namespace")["metadata"]["name"]
+
+
+def test_default_kustomization_needs_no_operator_crds(rendered: list[dict[str, Any]]) -> None:
+    """`kubectl apply -k daemonset/` works on clusters without the Prometheus Operator."""
+    assert not [r for r in rendered if r["apiVersion"].startswith("monitoring.coreos.com/")]
+
+
+def kinds_and_names(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((r["kind"], r["metadata"]["name"]) for r in resources)
+
+
+def overlay(tmp_path: Path) -> Path:
+    """A user's overlay next to netdp's files: the base plus the monitoring component."""
+    root = tmp_path / "overlay"
+    root.mkdir(parents=True)
+    relative = functools.partial(os.path.relpath, start=root)
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [relative(DEPLOY)],
+                "components": [relative(MONITORING)],
+            }
+        )
+    )
+    return root
+
+
+def documented_overlays() -> list[dict[str, Any]]:
+    """The overlays docs/operations.md shows: yaml blocks that use the component."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    found = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", text, re.M | re.S)]
+    return [doc for doc in found if isinstance(doc, dict) and "components" in doc]
+
+
+def test_documented_overlays_render_as_described(tmp_path: Path) -> None:
+    """Each overlay in the docs, placed next to daemonset/ as they say, renders; the
+    tuning patch changes the rule it names and nothing else."""
+    overlays = documented_overlays()
+    assert len(overlays) == 2
+    plain = kustomize(overlay(tmp_path / "plain"))
+    for i, doc in enumerate(overlays):
+        root = tmp_path / f"doc{i}"
+        root.mkdir()
+        relative = os.path.relpath(DEPLOY, root)
+        for key in ("resources", "components"):
+            doc[key] = [entry.replace("../daemonset", relative, 1) for entry in doc[key]]
+        (root / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        out = kustomize(root)
+        if "patches" not in doc:
+            assert out == plain
+            continue
+        rules = one(out, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        before = one(plain, "PrometheusRule")["spec"]["groups"][0]["rules"]
+        changed = [
+            (b["alert"], b.get("for"), r.get("for"))
+            for b, r in zip(before, rules, strict=True)
+            if b != r
+        ]
+        assert changed == [("NetdpDeviceUnhealthy", "15m", "1h")]
+        # Its `test` step guards the position: a patch aimed at another rule fails.
+        doc["patches"][0]["patch"] = doc["patches"][0]["patch"].replace("rules/4/", "rules/3/")
+        (root / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+        result = subprocess.run(
+            [kubectl(), "kustomize", str(root)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode != 0
+
+
+def test_monitoring_component_alone_and_in_an_overlay(
+    rendered: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Both ways docs/operations.md gives: `apply -k` on the component, or an overlay."""
+    alone = kustomize(MONITORING)
+    assert kinds_and_names(alone) == [("PodMonitor", "netdp"), ("PrometheusRule", "netdp")]
+    combined = kustomize(overlay(tmp_path))
+    assert kinds_and_names(combined) == kinds_and_names([*rendered, *alone])
+    ds = one(combined, "DaemonSet")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    for resource in alone:
+        assert resource["metadata"]["namespace"] == "netdp"
+        assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "netdp"
+        validate(resource)
+        assert one(combined, resource["kind"]) == resource  # the overlay changes nothing
+    pm = one(alone, "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # The rules select the daemon by job="netdp": the pods' label the PodMonitor names.
+    assert pod_labels[pm["spec"]["jobLabel"]] == "netdp"
 
 
 def test_image_is_this_version(rendered: list[dict[str, Any]]) -> None:
@@ -481,7 +594,7 @@ def test_probes_and_scrape_config_use_the_metrics_port(
     assert annotations["prometheus.io/port"] == str(port)
     svc = one(rendered, "Service")["spec"]["ports"][0]
     assert svc["port"] == port and named.get(svc["targetPort"]) == port
-    pm = load_documents(DEPLOY / "podmonitor.yaml")[0]
+    pm = load_documents(MONITORING / "podmonitor.yaml")[0]
     assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
 
 

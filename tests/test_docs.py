@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from deviceplugin.cli import build_parser
 from deviceplugin.config import config_keys
@@ -358,6 +359,23 @@ def test_metric_table_is_metric_reference() -> None:
         for m in metric_reference()
     ]
     assert documented == expected
+
+
+def test_alert_table_is_the_rules_file() -> None:
+    rules = REPO / "daemonset" / "components" / "monitoring" / "netdp.rules.yaml"
+    group = yaml.safe_load(rules.read_text())["groups"][0]["rules"]
+    expected = [
+        (
+            r["alert"],
+            r["labels"]["severity"],
+            r.get("for", "-"),
+            " ".join(line.strip() for line in r["expr"].splitlines()),
+        )
+        for r in group
+        if "alert" in r
+    ]
+    rows = tables(DOCS / "operations.md")[("alert", "severity", "for", "expression")]
+    assert [(unquote(a), s, f, unquote(e)) for a, s, f, e in rows] == expected
 
 
 def known_series() -> set[str]:

@@ -78,11 +78,8 @@ VIRT_POOL = {
 def test_link_down_and_up_reaches_the_kubelet(node, kubelet, daemons) -> None:
     with namespaces() as nss:
         net = make_node_netns(nss, extra=2)
-        world = net.ns.replace("-node-", "-world-")
-        peers = [f"w{i}{nss.tag}" for i in range(2)]
-        for name, peer in zip(net.extra, peers, strict=True):
-            sh("ip", "-n", net.ns, "link", "set", name, "up")
-            sh("ip", "-n", world, "link", "set", peer, "up")
+        world, peers = net.world, net.peers
+        net.links_up()
         virtio_lab(node.sysfs, net.extra, primary_netdev=net.uplink)
         d = start_daemon(daemons, node, netns=net.ns)
         conn = kubelet.wait_registered(VIRT, timeout=10)

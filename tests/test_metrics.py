@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prom import promtool
 from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin import http_endpoint
@@ -186,6 +187,8 @@ def test_values_move_with_calls() -> None:
         assert value(before, "netdp_allocated_devices_total", pool=SRIOV) == 0
         assert value(before, "netdp_registrations_total", pool=SRIOV, result="failure") == 0
         assert value(before, "netdp_config_reloads_total", result="failure") == 0
+        assert value(before, "netdp_config_last_reload_successful") == 1
+        assert value(before, "netdp_nic_repairs_total") == 0
 
         metrics.allocation(VIRT, 0.0003, 2, True)
         metrics.allocation(VIRT, 0.0002, 1, True)
@@ -204,6 +207,10 @@ def test_values_move_with_calls() -> None:
         metrics.reload_done(True)
         metrics.reload_done(False)
         metrics.reload_done(False)
+        metrics.cni_call("ADD", "ok", 0.03)
+        metrics.cni_call("ADD", "104", 0.2)
+        metrics.cni_call("DEL", "ok", 0.004)
+        metrics.nic_repaired("0000:00:05.0", "ens5")
         metrics.state_applied(state(lab))
         after = await scrape(server.port)
 
@@ -237,6 +244,16 @@ def test_values_move_with_calls() -> None:
         assert value(after, "netdp_events_coalesced_total", source="netlink") == 0
         assert value(after, "netdp_config_reloads_total", result="success") == 1
         assert value(after, "netdp_config_reloads_total", result="failure") == 2
+        assert value(after, "netdp_config_last_reload_successful") == 0
+        assert value(after, "netdp_cni_calls_total", command="ADD", result="ok") == 1
+        assert value(after, "netdp_cni_calls_total", command="ADD", result="104") == 1
+        assert value(after, "netdp_cni_calls_total", command="DEL", result="ok") == 1
+        assert value(after, "netdp_cni_call_duration_seconds_count", command="ADD") == 2
+        assert value(after, "netdp_cni_call_duration_seconds_bucket", command="ADD", le="0.05") == 1
+        assert (
+            value(after, "netdp_cni_call_duration_seconds_bucket", command="DEL", le="0.005") == 1
+        )
+        assert value(after, "netdp_nic_repairs_total") == 1
         # Health recovered: the gauges follow.
         assert value(after, "netdp_pool_devices", pool=VIRT, health="Healthy") == 2
         assert value(after, "netdp_pool_devices", pool=VIRT, health="Unhealthy") == 0
@@ -489,6 +506,7 @@ def test_exposition_matches_the_reference() -> None:
         metrics.events_coalesced("uevent", 0)
         metrics.discovery_done("start", 0.01, 1)
         metrics.registration(VIRT, True)
+        metrics.cni_call("ADD", "ok", 0.03)
         reply = await get(server.port, "/metrics")
         exposed = {}
         for family in text_string_to_metric_families(reply.body.decode()):
@@ -508,3 +526,29 @@ def test_metrics_count_every_daemon_hook() -> None:
     hooks = [n for n, v in vars(DaemonObserver).items() if callable(v) and not n.startswith("_")]
     assert hooks
     assert [n for n in hooks if getattr(Metrics, n) is getattr(DaemonObserver, n)] == []
+
+
+def test_promtool_finds_nothing_to_complain_about() -> None:
+    """`promtool check metrics` (names, units, help, histogram and counter conventions) on a
+    scrape where every metric has series."""
+
+    async def test(server: MetricsServer, metrics: Metrics, probe: Probe) -> None:
+        metrics.state_applied(state({VIRT: (virtio("0000:00:04.0"),)}))
+        metrics.allocation(VIRT, 0.0003, 1, True)
+        metrics.preferred_allocation(VIRT, 0.0001)
+        metrics.registration(VIRT, True)
+        metrics.kubelet_restarted()
+        metrics.discovery_done("start", 0.01, 1)
+        metrics.events_received("uevent", 1)
+        metrics.events_coalesced("uevent", 0)
+        metrics.health_changed(VIRT, "0000:00:04.0", Health.UNHEALTHY)
+        metrics.reload_done(False)
+        metrics.cni_call("ADD", "ok", 0.03)
+        metrics.nic_repaired("0000:00:04.0", "ens4")
+        body = (await get(server.port, "/metrics")).body.decode()
+        names = {f.name for f in text_string_to_metric_families(body)}
+        assert {m.name.removesuffix("_total") for m in metric_reference()} <= names
+        result = promtool("check", "metrics", stdin=body)
+        assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+    serve(test)

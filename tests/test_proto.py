@@ -8,13 +8,13 @@ fails here, not on a node.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from google.protobuf import descriptor, descriptor_pb2, runtime_version
+from helpers import load_script
 
 from deviceplugin.api.podresources.v1 import api_pb2 as pr_pb2
 from deviceplugin.api.podresources.v1 import api_pb2_grpc as pr_grpc
@@ -272,11 +272,7 @@ def test_wire_bytes() -> None:
 
 
 def _load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_proto", REPO / "scripts" / "gen_proto.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "gen_proto.py")
 
 
 def test_committed_code_is_fresh() -> None:

@@ -13,10 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
+from deviceplugin.cni.call_labels import call_labels
 from deviceplugin.cni.executor import Executor, Settings, settings_from_env
 from deviceplugin.cni.shim import (
     MAX_MESSAGE,
@@ -24,6 +27,7 @@ from deviceplugin.cni.shim import (
     encode_response,
 )
 from deviceplugin.cni.types import ERR_DECODE, CniError
+from deviceplugin.observer import DaemonObserver
 
 log = structlog.get_logger(__name__)
 
@@ -40,12 +44,15 @@ class CniServer:
         lock_dir: Path | None = None,
         pod_resources_socket: Path | None = None,
         executor: Executor | None = None,
+        observer: DaemonObserver | None = None,
     ) -> None:
         """`lock_dir` and `pod_resources_socket` default to what the shim's in-process
         mode uses (NETDP_CNI_LOCK_DIR, NETDP_POD_RESOURCES_SOCKET, else the standard
         paths): daemon and fallback must lock the same files to exclude each other.
+        `observer` hears every answered call (`DaemonObserver.cni_call`).
         """
         self.socket_path = Path(socket_path)
+        self.observer = observer or DaemonObserver()
         shared = settings_from_env(os.environ)
         self.executor = executor or Executor(
             Settings(
@@ -98,12 +105,20 @@ class CniServer:
                 await writer.wait_closed()
 
     async def _answer(self, data: bytes) -> bytes:
+        started = time.perf_counter()
         try:
             if len(data) > MAX_MESSAGE:
                 raise ValueError("request too large")
             env, stdin = decode_request(data)
         except ValueError as exc:
             err = CniError(ERR_DECODE, "malformed request from the ehost-device shim", str(exc))
-            return encode_response(1, json.dumps(err.to_json()).encode())
+            answer = json.dumps(err.to_json())
+            self._count({}, 1, answer, started)
+            return encode_response(1, answer.encode())
         outcome = await asyncio.to_thread(self.executor.run, env, stdin)
+        self._count(env, outcome.exit_code, outcome.stdout, started)
         return encode_response(outcome.exit_code, outcome.stdout.encode())
+
+    def _count(self, env: Mapping[str, str], exit_code: int, stdout: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self.observer.cni_call(*call_labels(env, exit_code, stdout), seconds)
