@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from asyncinotify import Inotify, Mask
 
 from deviceplugin.api.constants import KUBELET_SOCKET_NAME as KUBELET_SOCKET
 from deviceplugin.api.constants import VERSION as API_VERSION
+from deviceplugin.api.names import extended_resource_name_problems
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.server import PoolServer
 
@@ -134,6 +136,13 @@ class Registrar:
             retry_at = self._retry_at.get(server.resource_name, 0.0)
             if now < retry_at:
                 next_check = min(next_check, retry_at - now)
+                continue
+            invalid = extended_resource_name_problems(server.resource_name)
+            if invalid:  # the kubelet's own rule says no, every time: say why, never ask
+                self._retry_at[server.resource_name] = math.inf
+                server.log.error("registration_skipped", reason="; ".join(invalid))
+                if self._on_registration:
+                    self._on_registration(server.resource_name, False)
                 continue
             try:
                 await register(self.plugin_dir, server)
