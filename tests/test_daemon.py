@@ -14,7 +14,7 @@ import time
 
 import grpc
 import pytest
-from helpers import is_root, make_node_netns, namespaces, run_netdp, start_daemon
+from helpers import host_uplinks, is_root, make_node_netns, namespaces, run_netdp, start_daemon
 
 from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, virtio_lab
 from deviceplugin.sim.kubelet import KubeletStandIn
@@ -269,17 +269,24 @@ def test_list_shows_the_health_the_daemon_advertises(node, kubelet, daemons) -> 
     assert line.endswith(f"{VIRT} (Unhealthy: no carrier on ndpb (link is up))")
 
 
-def test_list_on_this_machine_excludes_eth0_untouched() -> None:
-    """Smoke test on the real /sys: only reads; eth0 must come out as the default route."""
+def test_list_on_this_machine_excludes_the_uplink_untouched() -> None:
+    """Smoke test on the real /sys: only reads; the host's default-route NIC, whatever its
+    name and address (read from iproute2 and sysfs here), comes out excluded."""
+    uplinks = [u for u in host_uplinks() if u.pci is not None]
+    if not uplinks:
+        pytest.skip(
+            "no default-route interface of this host is a PCI function "
+            f"({[u.name for u in host_uplinks()] or 'no default route'}): nothing to exclude"
+        )
     result = run_netdp("list", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     rows = {r["pci"]: r for r in data["devices"]}
-    if "0000:00:03.0" not in rows or rows["0000:00:03.0"]["netdev"] != "eth0":
-        pytest.fail(f"expected the virtio uplink eth0 at 0000:00:03.0, found {sorted(rows)}")
-    assert "eth0" in data["default_route_interfaces"]
-    assert "default-route" in rows["0000:00:03.0"]["excluded"]
-    assert os.path.exists("/sys/class/net/eth0")
+    for uplink in uplinks:
+        assert uplink.name in data["default_route_interfaces"]
+        assert rows[uplink.pci]["netdev"] == uplink.name
+        assert "default-route" in rows[uplink.pci]["excluded"]
+        assert os.path.exists(f"/sys/class/net/{uplink.name}")
 
 
 def test_metrics_and_probes_of_the_real_daemon(node, daemons) -> None:
