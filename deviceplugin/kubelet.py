@@ -83,6 +83,7 @@ class Registrar:
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._last_kubelet: tuple[int, int] | None = None
+        self._looked = False  # the first reconcile says whether a kubelet is there
 
     def poke(self) -> None:
         """Ask for a reconcile soon (pools added, a socket restarted)."""
@@ -117,7 +118,8 @@ class Registrar:
         """Bring every server to 'serving and registered'; return seconds until the next check."""
         loop = asyncio.get_running_loop()
         current = kubelet_identity(self.plugin_dir)
-        if current != self._last_kubelet:
+        if current != self._last_kubelet or not self._looked:
+            self._looked = True
             if current is None:
                 log.warning("kubelet_socket_gone", path=str(self.plugin_dir / KUBELET_SOCKET))
             else:
