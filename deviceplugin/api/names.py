@@ -25,21 +25,21 @@ _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
 _DNS1123_SUBDOMAIN_MAX = 253
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-NAME_MAX = 63
+_NAME_MAX = 63
 _NATIVE_MARK = "kubernetes.io/"
 _QUOTA_PREFIX = "requests."
 # The kubelet checks the quota form `requests.<name>`, whose domain must stay
 # within the subdomain limit.
-DOMAIN_MAX = _DNS1123_SUBDOMAIN_MAX - len(_QUOTA_PREFIX)
+_DOMAIN_MAX = _DNS1123_SUBDOMAIN_MAX - len(_QUOTA_PREFIX)
 
 
 def domain_problems(domain: str) -> list[str]:
     """Why the kubelet would refuse every resource name with this domain (before the '/')."""
     if not domain:
         return ["the domain before '/' is empty"]
-    if len(domain) > DOMAIN_MAX or not _DNS1123_SUBDOMAIN.fullmatch(domain):
+    if len(domain) > _DOMAIN_MAX or not _DNS1123_SUBDOMAIN.fullmatch(domain):
         return [
-            f"expected a DNS subdomain of at most {DOMAIN_MAX} characters (lower-case "
+            f"expected a DNS subdomain of at most {_DOMAIN_MAX} characters (lower-case "
             "letters, digits, '-' and '.', a letter or digit at both ends of each label), "
             "e.g. 'example.com'"
         ]
@@ -55,9 +55,9 @@ def domain_problems(domain: str) -> list[str]:
 
 def name_problems(name: str) -> list[str]:
     """Why the kubelet would refuse this part after the '/' whatever the domain."""
-    if len(name) > NAME_MAX or not _QUALIFIED_NAME.fullmatch(name):
+    if len(name) > _NAME_MAX or not _QUALIFIED_NAME.fullmatch(name):
         return [
-            f"expected a qualified name of at most {NAME_MAX} characters (letters, digits, "
+            f"expected a qualified name of at most {_NAME_MAX} characters (letters, digits, "
             "'-', '_' and '.', starting and ending with a letter or digit), e.g. 'sriov_net_a'"
         ]
     return []
