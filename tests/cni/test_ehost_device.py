@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from cnilab import (
     CNI_BIN,
+    REPO,
     Daemon,
     Lab,
     full_link_state,
@@ -650,7 +652,10 @@ def test_installed_shim(tmp_path: Path) -> None:
     path = install_shim(tmp_path / "bin")
     first = path.read_text().splitlines()[0]
     interpreter = first[2:].split()[0]
-    assert interpreter == os.path.realpath(interpreter)
+    if sys.prefix != sys.base_prefix:  # a venv: its own link, the one that sees its packages
+        assert interpreter == sys.executable
+    else:
+        assert interpreter == os.path.realpath(interpreter)
     assert "/shims/" not in interpreter
     assert os.access(path, os.X_OK)
     assert real_interpreter("/usr/bin/python3") == "/usr/bin/python3"  # a symlink, kept
@@ -658,6 +663,26 @@ def test_installed_shim(tmp_path: Path) -> None:
     for wrapper in ("/root/.pyenv/shims/python3", __file__):
         with pytest.raises(ValueError):
             real_interpreter(wrapper)
+
+
+def test_shim_installed_from_a_venv_runs_with_the_venvs_packages(tmp_path: Path) -> None:
+    """`install-cni` run by a venv's python: the shim's in-process fallback needs the
+    venv's packages, which the base interpreter behind the venv's link does not see."""
+    venv_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv_dir)], check=True)
+    install = "from deviceplugin.cni.install import install_shim; import sys; "
+    install += "print(install_shim(sys.argv[1]))"
+    shim_path = subprocess.run(
+        [str(venv_dir / "bin" / "python"), "-c", install, str(tmp_path / "bin")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    interpreter = Path(shim_path).read_text().splitlines()[0][2:].split()[0]
+    prefix = subprocess.run(
+        [interpreter, "-c", "import sys; print(sys.prefix)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert prefix == str(venv_dir)
 
 
 def test_fallback_without_package_says_so(lab: Lab) -> None:
