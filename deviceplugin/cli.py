@@ -144,16 +144,9 @@ def _load_config(path: str | Path | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deviceplugin import logs
     from deviceplugin.daemon import Settings, WatchMode
     from deviceplugin.listen_address import parse_address
 
-    if args.log_format not in (None, "json", "console"):
-        raise Refused(f"--log-format: expected json or console, got {args.log_format!r}")
-    try:
-        logs.configure(args.log_level, args.log_format)
-    except ValueError as exc:
-        raise Refused(f"--log-level: {exc}") from None
     watch, rescan_interval = _watch_settings(args)
     try:
         metrics_address = parse_address(args.metrics_address)
@@ -343,6 +336,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(log_level=args.log_level)
 
 
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Every command logs to stderr, set up once here: stdout is only the command's output.
+
+    `run` and `demo` take their level (and `run` its format) from flags; the
+    one-shot commands show warnings, such as a device the scan had to skip.
+    """
+    from deviceplugin import logs
+
+    level, fmt = "warning", None
+    if args.command == "run":
+        if args.log_format not in (None, "json", "console"):
+            raise Refused(f"--log-format: expected json or console, got {args.log_format!r}")
+        level, fmt = args.log_level, args.log_format
+    elif args.command == "demo":
+        level, fmt = args.log_level, "console"
+    try:
+        logs.configure(level, fmt)
+    except ValueError as exc:
+        raise Refused(f"--log-level: {exc}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
@@ -353,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": cmd_demo,
     }
     try:
+        _configure_logs(args)
         return commands[args.command](args)
     except Refused as exc:
         print(f"netdp: {exc}", file=sys.stderr)

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
 from deviceplugin.config import default_config
 from deviceplugin.routes import default_route_interfaces
@@ -33,7 +32,8 @@ def _step(text: str) -> None:
 
 
 def run_demo(log_level: str = "warning") -> int:
-    logs.configure(log_level, "console")
+    """The demo's story on stdout; its own logs go where `netdp`'s entry point set them
+    up (stderr), the daemon it starts logs at `log_level`."""
     uplinks = sorted(default_route_interfaces()) or ["eth0"]
     with tmpfs_tempdir("netdp-demo-") as root:
         sysfs_root, plugin_dir, devinfo_dir = (

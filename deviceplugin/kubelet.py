@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from asyncinotify import Inotify, Mask
 
 from deviceplugin.api.constants import KUBELET_SOCKET_NAME as KUBELET_SOCKET
 from deviceplugin.api.constants import VERSION as API_VERSION
+from deviceplugin.api.names import extended_resource_name_problems
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.server import PoolServer
 
@@ -81,6 +83,7 @@ class Registrar:
         self._backoff: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._last_kubelet: tuple[int, int] | None = None
+        self._looked = False  # the first reconcile says whether a kubelet is there
 
     def poke(self) -> None:
         """Ask for a reconcile soon (pools added, a socket restarted)."""
@@ -115,7 +118,8 @@ class Registrar:
         """Bring every server to 'serving and registered'; return seconds until the next check."""
         loop = asyncio.get_running_loop()
         current = kubelet_identity(self.plugin_dir)
-        if current != self._last_kubelet:
+        if current != self._last_kubelet or not self._looked:
+            self._looked = True
             if current is None:
                 log.warning("kubelet_socket_gone", path=str(self.plugin_dir / KUBELET_SOCKET))
             else:
@@ -134,6 +138,13 @@ class Registrar:
             retry_at = self._retry_at.get(server.resource_name, 0.0)
             if now < retry_at:
                 next_check = min(next_check, retry_at - now)
+                continue
+            invalid = extended_resource_name_problems(server.resource_name)
+            if invalid:  # the kubelet's own rule says no, every time: say why, never ask
+                self._retry_at[server.resource_name] = math.inf
+                server.log.error("registration_skipped", reason="; ".join(invalid))
+                if self._on_registration:
+                    self._on_registration(server.resource_name, False)
                 continue
             try:
                 await register(self.plugin_dir, server)

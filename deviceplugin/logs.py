@@ -1,7 +1,9 @@
 """structlog set-up: JSON lines in production, readable console locally.
 
 Everything, including grpc's and the stdlib's own loggers, goes to stderr
-through one pipeline so `kubectl logs` shows one consistent format.
+through one pipeline so `kubectl logs` shows one consistent format, and
+stdout carries only a command's output (`netdp list --json | jq` must work
+whatever the scan had to say).
 """
 
 from __future__ import annotations
@@ -14,6 +16,27 @@ from typing import Literal
 import structlog
 
 LogFormat = Literal["json", "console"]
+
+
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up.
+
+    Loggers are cached on first use; a stream captured at set-up would outlive
+    a replaced `sys.stderr` (an in-process caller, a test's capture) and then
+    write to a closed file.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
+_STDERR = _Stderr()
 
 
 def default_format() -> LogFormat:
@@ -42,10 +65,10 @@ def configure(level: str = "info", fmt: LogFormat | None = None) -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_STDERR)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

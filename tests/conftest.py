@@ -8,8 +8,14 @@ from pathlib import Path
 import pytest
 from helpers import DaemonProcess, Node
 
+from deviceplugin import logs
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir
 from deviceplugin.sim.kubelet import KubeletStandIn
+
+# What runs in the test process (the kubelet stand-in, the CNI executor) logs like
+# netdp does: to stderr, which pytest shows with a failing test. Unconfigured,
+# structlog would print to stdout.
+logs.configure("info", "console")
 
 
 @pytest.fixture

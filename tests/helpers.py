@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -31,6 +32,36 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+@dataclass(frozen=True)
+class HostUplink:
+    """An interface carrying one of this namespace's default routes, and its PCI function."""
+
+    name: str
+    pci: str | None  # None when the netdev is no PCI function (a veth, a bond...)
+
+
+def host_uplinks() -> list[HostUplink]:
+    """This host's default-route interfaces, read at run time from iproute2 (not from the
+    code under test), each with the PCI function sysfs puts it under."""
+    names: set[str] = set()
+    for family in ("-4", "-6"):
+        out = sh("ip", "-j", family, "route", "show", "default", "table", "all").stdout
+        for route in json.loads(out or "[]"):
+            if route.get("type", "unicast") != "unicast" or route.get("table") == "local":
+                continue
+            hops = route.get("nexthops") or [route]
+            names.update(hop["dev"] for hop in hops if hop.get("dev"))
+    uplinks = []
+    for name in sorted(names):
+        device = Path("/sys/class/net", name).resolve()
+        pcis = [part for part in device.parts if _PCI_ADDRESS.fullmatch(part)]
+        uplinks.append(HostUplink(name, pcis[-1] if pcis else None))
+    return uplinks
 
 
 @dataclass

@@ -18,7 +18,6 @@ import grpc
 import pytest
 
 from deviceplugin.api import constants
-from deviceplugin.api.names import extended_resource_name_problems, is_extended_resource_name
 from deviceplugin.api.podresources.v1 import api_pb2 as pr_pb2
 from deviceplugin.api.podresources.v1 import api_pb2_grpc as pr_grpc
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
@@ -146,50 +145,6 @@ def register(
             ),
             timeout=5,
         )
-
-
-# --- resource names -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "kernel.org/virt",
-        "intel.com/intel_sriov_netdevice",
-        "example.com/A.b-c_9",
-        "a/b",
-        f"{'d' * 63}.{'e' * 63}.{'f' * 63}.{'g' * 52}/x",  # 244-char domain
-        "example.com/" + "n" * 63,
-    ],
-)
-def test_valid_extended_resource_names(name: str) -> None:
-    assert extended_resource_name_problems(name) == []
-    assert is_extended_resource_name(name)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "virt",  # no domain: a native resource
-        "kubernetes.io/nic",
-        "nic.kubernetes.io/x",
-        "requests.example.com/nic",
-        "Example.com/nic",  # upper-case domain
-        "-example.com/nic",
-        "example..com/nic",
-        "/nic",
-        "example.com/",
-        "example.com/a/b",
-        "example.com/-nic",
-        "example.com/nic-",
-        "example.com/ni c",
-        "example.com/" + "n" * 64,
-        f"{'d' * 63}.{'e' * 63}.{'f' * 63}.{'g' * 53}/x",  # 245-char domain
-    ],
-)
-def test_invalid_extended_resource_names(name: str) -> None:
-    assert extended_resource_name_problems(name)
-    assert not is_extended_resource_name(name)
 
 
 def test_health_constants_match_model() -> None:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import signal
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,6 @@ from helpers import (
     start_daemon,
 )
 
-from deviceplugin import watch
 from deviceplugin.config import load_config
 from deviceplugin.daemon import Daemon, Settings
 from deviceplugin.diff import NodeState
@@ -64,6 +63,21 @@ def write_config(path: Path, resources: list[dict]) -> None:
     tmp.rename(path)
 
 
+# What the daemon logs when it changes what the kubelet sees.
+CHANGES = frozenset(
+    {"pool_added", "pool_removed", "pool_respecified", "pool_server_started", "registered"}
+    | {"device_added", "device_removed", "device_health_changed", "list_and_watch_sent"}
+)
+
+
+def changes_before_next_reload(log: list[dict], event: dict) -> list[str]:
+    """What changed for the kubelet after `event` (an object `wait_event` returned) and
+    before the next reload began: the next reload is the marker that time has passed."""
+    start = next(i for i, e in enumerate(log) if e is event) + 1
+    end = next(i for i, e in enumerate(log[start:], start) if e["event"] == "config_reloaded")
+    return [e["event"] for e in log[start:end] if e["event"] in CHANGES]
+
+
 VIRT_POOL = {
     "resourceName": "virt",
     "resourcePrefix": "kernel.org",
@@ -97,14 +111,23 @@ def test_link_down_and_up_reaches_the_kubelet(node, kubelet, daemons) -> None:
         assert change["netdev"] == net.extra[0] and "no carrier" in change["reason"]
 
         sh("ip", "-n", world, "link", "set", peers[0], "up")
-        conn.wait_snapshot(lambda s: health_of(s) == healthy, newer_than=down)
-        assert len(events(d, "device_health_changed")) == 2
+        up = conn.wait_snapshot(lambda s: health_of(s) == healthy, newer_than=down)
+        back = d.wait_event("device_health_changed", where=lambda e: e["health"] == "Healthy")
 
-        # admin-down on the node side: not configured, still usable, no new snapshot
+        # admin-down on the node side: not configured, still usable, no new snapshot.
+        # Marker: the first NIC's cable is pulled afterwards; netlink reports in order, so
+        # once that shows, the admin-down was handled, and nothing may have come before.
         count = len(conn.snapshots)
         sh("ip", "-n", net.ns, "link", "set", net.extra[1], "down")
-        time.sleep(0.3)
-        assert len(conn.snapshots) == count
+        sh("ip", "-n", world, "link", "set", peers[0], "down")
+        marker = conn.wait_snapshot(lambda s: health_of(s)[NIC1] == "Unhealthy", newer_than=up)
+        assert health_of(marker) == {NIC1: "Unhealthy", NIC2: "Healthy"}
+        assert conn.snapshots[count:] == [marker]
+        d.wait_event(
+            "device_health_changed",
+            where=lambda e: e["health"] == "Unhealthy" and e is not change and e is not back,
+        )
+        assert [e["device"] for e in events(d, "device_health_changed")] == [NIC1] * 3
         assert events(d, "discovery_done")[-1]["trigger"] == "start"  # no sysfs rescans
         d.kill()
 
@@ -143,7 +166,12 @@ def test_pf_link_loss_marks_vfs_per_pool_option(node, kubelet, daemons, tmp_path
         strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Unhealthy"})
         sh("ip", "-n", world, "link", "set", peer, "up")
         strict.wait_snapshot(lambda s: health_of(s) == {vfs[0]: "Healthy"})
-        assert len(lenient.snapshots) == count
+        # Marker on the lenient pool's own stream: its VF loses its driver afterwards. Any
+        # snapshot the PF's flaps had caused would have reached the kubelet before it.
+        fs.bind(vfs[1], None)
+        uevents(net.ns, pf_netdev, 1)
+        marker = lenient.wait_snapshot(lambda s: health_of(s) == {vfs[1]: "Unhealthy"})
+        assert lenient.snapshots[count:] == [marker]
 
 
 # --- hot-plug ----------------------------------------------------------------------
@@ -169,25 +197,28 @@ def test_vf_burst_is_one_rescan_and_one_snapshot(node, kubelet, daemons, tmp_pat
         vfs = fs.set_num_vfs(pf, 64)
         uevents(net.ns, trigger, 64, "add")
         burst = sriov.wait_snapshot(lambda s: set(s.devices) == set(vfs), newer_than=first)
-        time.sleep(0.5)  # well past the quiet window: nothing else may follow
-        assert sriov.snapshots[-1] is burst
-        assert sriov.snapshots.index(burst) == sriov.snapshots.index(first) + 1
-        rescans = [e for e in events(d, "discovery_done") if e["trigger"] == "uevent"]
-        assert len(rescans) == 1 and rescans[0]["events"] == 64
-        assert rescans[0]["changed_pools"] == ["intel.com/vf"]
-        assert len(virt.snapshots) == virt_count  # the other pool did not change
-        added = [e for e in events(d, "device_added") if e["pool"] == "intel.com/vf"]
-        assert len(added) == 65  # the PF at start, then each VF once
         assert d.wait_event("device_excluded", where=lambda e: e["device"] == pf)
 
+        # The removal burst is also the marker for the first: whatever the first burst
+        # caused came before it, in the kubelet's stream and in the daemon's log.
         fs.set_num_vfs(pf, 0)
         uevents(net.ns, trigger, 64, "remove")
-        sriov.wait_snapshot(lambda s: set(s.devices) == {pf}, newer_than=burst)
+        gone = sriov.wait_snapshot(lambda s: set(s.devices) == {pf}, newer_than=burst)
         # The kubelet may see the snapshot before the log says why: wait for the rescan's
         # last line (uplink, NIC1 and the PF are left), which follows its device events.
         d.wait_event(
             "discovery_done", where=lambda e: e["trigger"] == "uevent" and e["devices"] == 3
         )
+        first_at = sriov.snapshots.index(first)
+        assert sriov.snapshots[first_at + 1 :] == [burst, gone]  # one snapshot per burst
+        rescans = [e for e in events(d, "discovery_done") if e["trigger"] == "uevent"]
+        assert rescans[0]["events"] == 64  # the first burst was one rescan
+        assert rescans[0]["changed_pools"] == ["intel.com/vf"]
+        assert sum(r["events"] for r in rescans) == 128 and rescans[-1]["devices"] == 3
+        assert all(r["changed_pools"] in ([], ["intel.com/vf"]) for r in rescans)
+        assert len(virt.snapshots) == virt_count  # the other pool never changed
+        added = [e["device"] for e in events(d, "device_added") if e["device"] in vfs]
+        assert sorted(added) == sorted(vfs)  # each VF once
         assert len([e for e in events(d, "device_removed") if e["device"] in vfs]) == 64
 
 
@@ -235,19 +266,21 @@ def test_reload_valid_invalid_and_pool_removal(node, kubelet, daemons, tmp_path)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"resourceList": [{"resourceName": "Bad Name!"}]}))
     at_start = run_netdp("config", "check", str(bad)).stderr.strip()
+    registrations = len(kubelet.registrations)
     config.write_text(bad.read_text())
     failed = d.wait_event("config_reload_failed")
     assert failed["error"].replace(str(config), str(bad)) in at_start
     assert "resourceList[0].resourceName" in failed["error"]
-    time.sleep(0.3)
-    assert conn_other.stream_end is None and virt.stream_end is None
-    assert kubelet.connections.keys() == {VIRT, "kernel.org/other"}
 
-    # pool removed: its socket goes away and the kubelet's stream ends
+    # pool removed: its socket goes away and the kubelet's stream ends. This valid reload
+    # is also the marker for the invalid one: up to it, nothing changed.
     write_config(config, [VIRT_POOL])
     assert conn_other.wait_stream_end(timeout=5) is not None
     assert not (node.plugins / "netdp-kernel.org_other.sock").exists()
-    assert d.wait_event("pool_removed")["pool"] == "kernel.org/other"
+    removed = d.wait_event("pool_removed")
+    assert removed["pool"] == "kernel.org/other"
+    assert changes_before_next_reload(list(d.events), failed) == []
+    assert virt.stream_end is None and len(kubelet.registrations) == registrations
     virt.wait_snapshot(lambda s: len(s.devices) == 3, newer_than=snap)
     assert sorted(p.name for p in node.plugins.iterdir()) == [
         "kubelet.sock",
@@ -270,14 +303,15 @@ def test_changed_pool_settings_reregister_only_when_the_kubelet_saw_them(
     write_config(config, [{**VIRT_POOL, "pfLinkHealth": False}])
     quiet = d.wait_event("pool_respecified")
     assert (quiet["pool"], quiet["reregister"]) == (VIRT, False)
-    time.sleep(0.3)
-    assert len(kubelet.registrations) == 1 and virt.stream_end is None
 
+    # The loud change is the marker for the quiet one: only it registers again.
     write_config(config, [{**VIRT_POOL, "pfLinkHealth": False, "excludeTopology": True}])
     loud = d.wait_event("pool_respecified", where=lambda e: e["reregister"])
     assert loud["pool"] == VIRT
     again = kubelet.wait_registered(VIRT, timeout=5, newer_than=virt)
     assert again.wait_snapshot(lambda s: NIC1 in s.devices).devices[NIC1].numa_nodes == ()
+    assert len(kubelet.registrations) == 2
+    assert changes_before_next_reload(list(d.events), quiet) == []
 
 
 def test_configmap_symlink_swap_is_a_reload(node, kubelet, daemons, tmp_path) -> None:
@@ -372,6 +406,13 @@ class Recorder(DaemonObserver):
         return [c for c in self.calls if c[0] == kind]
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait for `condition` to hold, checking every few milliseconds; fail after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 def test_event_interface_and_observer_in_process(node, tmp_path) -> None:
     fs = virtio_lab(node.sysfs, ["ndpa", "ndpb"], primary_netdev="ndpuplink")
     config = tmp_path / "config.json"
@@ -392,14 +433,16 @@ def test_event_interface_and_observer_in_process(node, tmp_path) -> None:
             fs.add_virtio_nic("0000:09:00.0", "ndpnew")
             pod_veth = Uevent("add", "net", "/devices/virtual/net/veth9", {"INTERFACE": "veth9"})
             daemon.on_uevent(pod_veth)  # not ours: ignored
+            ndpb = Uevent("change", "net", "/devices/virtual/net/ndpb", {})
             for _ in range(256):
-                daemon.on_uevent(Uevent("change", "net", "/devices/virtual/net/ndpb", {}))
-            while len(rec.of("discovery")) < 2:
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(watch.HOTPLUG_QUIET_S * 2)
-            assert rec.of("discovery")[1:] == [("discovery", "uevent", 4)]
-            assert rec.of("coalesced") == [("coalesced", "uevent", 255)]
-            assert len(rec.of("received")) == 256
+                daemon.on_uevent(ndpb)
+            await until(lambda: len(rec.of("discovery")) == 2)
+            # Marker: one more uevent; its rescan comes after anything the burst left over.
+            daemon.on_uevent(ndpb)
+            await until(lambda: len(rec.of("discovery")) == 3)
+            assert rec.of("discovery")[1:] == [("discovery", "uevent", 4)] * 2
+            assert rec.of("coalesced") == [("coalesced", "uevent", 255), ("coalesced", "uevent", 0)]
+            assert len(rec.of("received")) == 257
             assert rec.of("health") == [("health", VIRT, NIC1, Health.UNHEALTHY)]
             assert rec.of("state")[-1] == ("state", {VIRT: 4})
             servers = daemon.servers[VIRT]

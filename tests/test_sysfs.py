@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import host_uplinks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -452,16 +453,24 @@ def test_scan_of_this_machines_sys_is_clean() -> None:
         assert dev.class_code.startswith("02")
 
 
-@pytest.mark.skipif(
-    not os.path.exists("/sys/bus/pci/devices/0000:00:03.0/class"),
-    reason="not the project's host: it has its virtio uplink at 0000:00:03.0",
-)
 def test_finds_the_hosts_uplink() -> None:
-    dev = scan(Path("/sys")).get("0000:00:03.0")
-    assert dev is not None and dev.is_virtio and dev.driver == "virtio-pci"
-    assert dev.netdev == "eth0" and dev.netdev_state is NetdevState.PRESENT
-    assert dev.netdevs[0].link_type == "ether"
-    assert read_device(Path("/sys"), "0000:00:03.0") == dev
+    """The host's default-route NIC (from iproute2 and sysfs at run time) as the scan reads it."""
+    uplinks = [u for u in host_uplinks() if u.pci is not None]
+    if not uplinks:
+        pytest.skip("no default-route interface of this host is a PCI function")
+    node = scan(Path("/sys"))
+    for uplink in uplinks:
+        assert uplink.pci is not None
+        dev = node.get(uplink.pci)
+        pci_dir = Path("/sys/bus/pci/devices", uplink.pci)
+        assert dev is not None and dev.netdev == uplink.name
+        assert dev.netdev_state is NetdevState.PRESENT
+        assert dev.vendor == (pci_dir / "vendor").read_text().strip().removeprefix("0x")
+        assert dev.driver == os.path.basename(os.readlink(pci_dir / "driver"))
+        assert dev.is_virtio is (dev.vendor == "1af4")
+        ether = Path("/sys/class/net", uplink.name, "type").read_text().strip() == "1"
+        assert (dev.netdevs[0].link_type == "ether") is ether
+        assert read_device(Path("/sys"), uplink.pci) == dev
 
 
 # --- netdev -> PCI address, one readlink ---------------------------------------

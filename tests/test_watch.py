@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from asyncinotify import Mask
 from helpers import in_netns, is_root, namespaces, sh
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_UP, ifinfmsg
 
@@ -126,89 +127,110 @@ def run(coro):
 def test_burst_becomes_one_run() -> None:
     async def main() -> tuple[list[int], Coalescer]:
         calls: list[int] = []
-        done = asyncio.Event()
+        ran = asyncio.Queue[int]()
 
         async def action(n: int) -> None:
             calls.append(n)
-            done.set()
+            ran.put_nowait(n)
 
         c = Coalescer(action, quiet=0.02, max_delay=1.0, name="t")
         for _ in range(256):
             c.trigger()
-        await done.wait()
-        await asyncio.sleep(0.05)
+        await ran.get()
+        c.trigger()  # marker: a later trigger's run comes after anything the burst left
+        await ran.get()
         return calls, c
 
     calls, c = run(main())
-    assert calls == [256]
-    assert (c.received, c.runs, c.coalesced) == (256, 1, 255)
+    assert calls == [256, 1]
+    assert (c.received, c.runs, c.coalesced) == (257, 2, 255)
 
 
 def test_triggers_during_a_run_make_exactly_one_more() -> None:
     async def main() -> list[int]:
         calls: list[int] = []
-        release = asyncio.Event()
-        second = asyncio.Event()
+        started, release = asyncio.Event(), asyncio.Event()
+        ran = asyncio.Queue[int]()
 
         async def action(n: int) -> None:
             calls.append(n)
             if len(calls) == 1:
+                started.set()
                 await release.wait()
-            else:
-                second.set()
+            ran.put_nowait(n)
 
         c = Coalescer(action, quiet=0, max_delay=0, name="t")
         c.trigger()
-        await asyncio.sleep(0.01)  # the first run is now blocked
+        await started.wait()  # the first run is now blocked
         for _ in range(10):
             c.trigger()
         release.set()
-        await second.wait()
-        await asyncio.sleep(0.02)
+        assert [await ran.get(), await ran.get()] == [1, 10]
+        c.trigger()  # marker: nothing else was pending before it
+        assert await ran.get() == 1
         return calls
 
-    assert run(main()) == [1, 10]
+    assert run(main()) == [1, 10, 1]
+
+
+class ManualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock moves only when the test says so: timers fire by the
+    coalescer's arithmetic, not by how busy the machine is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
 
 
 def test_max_delay_serves_a_source_that_never_goes_quiet() -> None:
-    async def main() -> tuple[list[int], float]:
-        loop = asyncio.get_running_loop()
+    """A trigger every 10 ms, inside the 50 ms quiet window, for ever: the run comes
+    200 ms after the first trigger all the same, covering every trigger until then."""
+    loop = ManualClockLoop()
+
+    async def main() -> tuple[list[int], list[float]]:
         calls: list[int] = []
-        first_run = asyncio.Event()
-        ran_at = []
+        ran_at: list[float] = []
 
         async def action(n: int) -> None:
             calls.append(n)
             ran_at.append(loop.time())
-            first_run.set()
 
         c = Coalescer(action, quiet=0.05, max_delay=0.2, name="t")
-        started = loop.time()
-        while not first_run.is_set():
+        while loop.now < 0.5:  # 500 ms of clock, 50 triggers
             c.trigger()
-            await asyncio.sleep(0.01)  # always inside the quiet window
+            loop.now = round(loop.now + 0.01, 2)
+            await asyncio.sleep(0)  # due timers run, nothing else moves the clock
         await c.aclose()
-        return calls, ran_at[0] - started
+        return calls, ran_at
 
-    calls, delay = run(main())
-    assert len(calls) == 1 and calls[0] >= 10
-    assert 0.19 <= delay < 0.5
+    try:
+        calls, ran_at = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    # Every max_delay (the run's task starts a tick or two after its timer), though the
+    # quiet window never opened; without max_delay nothing would have run at all.
+    assert len(ran_at) == 2 and 0.2 <= ran_at[0] < 0.25 and 0.4 <= ran_at[1] < 0.45
+    assert calls[0] >= 20  # every trigger from 0.00 on
 
 
 def test_action_failure_is_logged_and_the_next_burst_still_runs() -> None:
     async def main() -> list[int]:
         calls: list[int] = []
-        ok = asyncio.Event()
+        failed, ok = asyncio.Event(), asyncio.Event()
 
         async def action(n: int) -> None:
             calls.append(n)
             if len(calls) == 1:
+                failed.set()
                 raise RuntimeError("scan failed")
             ok.set()
 
         c = Coalescer(action, quiet=0, max_delay=0, name="t")
         c.trigger()
-        await asyncio.sleep(0.01)
+        await failed.wait()
         c.trigger(3)
         await ok.wait()
         return calls
@@ -219,35 +241,85 @@ def test_action_failure_is_logged_and_the_next_burst_still_runs() -> None:
 # --- config file -------------------------------------------------------------------
 
 
-def test_file_watcher_sees_writes_renames_and_configmap_swaps(tmp_path: Path) -> None:
+class WatcherLog:
+    """Stands in for the file watcher's logger: what it saw, in the order it saw it."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict]] = []
+        self.changed = asyncio.Event()
+
+    def _record(self, event: str, **kw: object) -> None:
+        self.lines.append((event, kw))
+        self.changed.set()
+
+    info = debug = warning = _record
+
+    def names(self) -> list[str]:
+        return [str(kw["name"]) for event, kw in self.lines if event == "config_file_event"]
+
+    async def wait_for(
+        self, event: str, since: int = 0, name: str | None = None, mask: Mask | None = None
+    ) -> None:
+        """Until a line of `event` (for `name`, with `mask` among its inotify flags) is
+        logged after the first `since` lines; fails after 5 s."""
+
+        def matches(e: str, kw: dict) -> bool:
+            return (
+                e == event
+                and (name is None or str(kw.get("name")) == name)
+                and (mask is None or bool(int(str(kw.get("mask"))) & mask))
+            )
+
+        async with asyncio.timeout(5):
+            while not any(matches(e, kw) for e, kw in self.lines[since:]):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def test_file_watcher_sees_writes_renames_and_configmap_swaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind of change calls back; a file beside the config does not. The watcher's
+    own log says which name each event was for, so every step waits for its own event,
+    and a later change is the marker that the unrelated file was let through or not."""
     config = tmp_path / "config.json"
+    log = WatcherLog()
+    monkeypatch.setattr(watch.configfile, "log", log)
 
-    async def main() -> int:
-        seen = asyncio.Queue[None]()
-        task = asyncio.create_task(watch.FileWatcher(config, lambda: seen.put_nowait(None)).run())
-        await asyncio.sleep(0.05)  # the watch is in place
+    async def main() -> tuple[int, list[str]]:
+        calls = 0
 
-        async def changed() -> None:
-            await asyncio.wait_for(seen.get(), 2)
-            await asyncio.sleep(0.05)
-            while not seen.empty():  # one change may be several inotify events
-                seen.get_nowait()
+        def on_change() -> None:
+            nonlocal calls
+            calls += 1
 
-        config.write_text("{}")
-        await changed()
-        (tmp_path / "new.json").write_text("{}")
-        (tmp_path / "new.json").rename(config)
-        await changed()
-        (tmp_path / "..2024_v2").mkdir()
-        (tmp_path / "..data_tmp").symlink_to("..2024_v2")
-        (tmp_path / "..data_tmp").rename(tmp_path / "..data")
-        await changed()
-        (tmp_path / "unrelated.txt").write_text("x")
-        await asyncio.sleep(0.1)
-        task.cancel()
-        return seen.qsize()
+        task = asyncio.create_task(watch.FileWatcher(config, on_change).run())
+        try:
+            await log.wait_for("config_watch_started")
+            mark = len(log.lines)
+            config.write_text("{}")
+            await log.wait_for("config_file_event", mark, name="config.json", mask=Mask.CLOSE_WRITE)
+            mark = len(log.lines)
+            (tmp_path / "new.json").write_text("{}")
+            (tmp_path / "new.json").rename(config)
+            await log.wait_for("config_file_event", mark, name="config.json", mask=Mask.MOVED_TO)
+            mark = len(log.lines)
+            (tmp_path / "..2024_v2").mkdir()
+            (tmp_path / "..data_tmp").symlink_to("..2024_v2")
+            (tmp_path / "..data_tmp").rename(tmp_path / "..data")
+            await log.wait_for("config_file_event", mark, name="..data", mask=Mask.MOVED_TO)
+            mark, before = len(log.lines), len(log.names())
+            (tmp_path / "unrelated.txt").write_text("x")
+            (tmp_path / "marker.json").write_text("{}")
+            (tmp_path / "marker.json").rename(config)
+            await log.wait_for("config_file_event", mark, name="config.json", mask=Mask.MOVED_TO)
+            return calls, log.names()[before:]
+        finally:
+            task.cancel()
 
-    assert run(main()) == 0
+    calls, after_unrelated = run(main())
+    assert after_unrelated == ["config.json"]  # the marker's rename, and nothing before it
+    assert calls == len(log.names())  # one call per event of ours, none for the others
 
 
 # --- real sockets in a namespace -------------------------------------------------------

@@ -26,12 +26,16 @@ _WRAPPER_MARKERS = ("/shims/", "/.pyenv/shims")
 def real_interpreter(python: str | None = None) -> str:
     """The interpreter path for the shebang; wrapper scripts are refused.
 
-    Without `python`: this process's interpreter, symlinks resolved. With it:
-    the path as given (an init container installing for the node names the
-    node's interpreter, whose symlinks may resolve differently here), checked
-    to be a binary when it exists here.
+    Without `python`: this process's interpreter, symlinks resolved, except in
+    a virtualenv, whose packages only the venv's own `bin/python` link sees
+    (the in-process fallback needs them). With it: the path as given (an init
+    container installing for the node names the node's interpreter, whose
+    symlinks may resolve differently here), checked to be a binary when it
+    exists here.
     """
-    if python is None:
+    if python is None and sys.prefix != sys.base_prefix:
+        candidate = sys.executable
+    elif python is None:
         candidate = os.path.realpath(sys.executable or "/usr/bin/python3")
     elif os.sep not in python:
         found = shutil.which(python)

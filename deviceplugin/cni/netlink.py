@@ -205,7 +205,10 @@ class Namespace:
         self.ipr.link("set", index=index, state="up", **({"mtu": mtu} if mtu is not None else {}))
         for ip in ips:
             iface = ipaddress.ip_interface(ip.address)
-            extra = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
+            extra: dict[str, Any] = {"flags": _IFA_F_NODAD} if iface.version == 6 else {}
+            brd = broadcast_for(iface)
+            if brd is not None:
+                extra["broadcast"] = brd
             self.ipr.addr(
                 "add",
                 index=index,
@@ -230,6 +233,18 @@ class Namespace:
             if gw:
                 spec["gateway"] = gw
             self.ipr.route("add", **spec)
+
+
+def broadcast_for(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> str | None:
+    """The broadcast address Go's host-device leaves on an address, None for none.
+
+    Its netlink library (vishvananda/netlink `AddrAdd`) fills in the subnet's
+    broadcast for IPv4 prefixes up to /30 when none is given; /31 and /32 have
+    none (RFC 3021), nor has IPv6. The kernel would otherwise store 0.0.0.0.
+    """
+    if iface.version != 4 or iface.network.prefixlen >= 31:
+        return None
+    return str(iface.network.broadcast_address)
 
 
 class NetlinkNamespaces:

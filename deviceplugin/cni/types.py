@@ -2,9 +2,10 @@
 
 Nothing here touches the system, so the whole protocol surface (versions,
 required variables, device selection, result shapes of 0.3.0 up to 1.1.0) is
-tested without root. The parser never raises on bad input: it returns a
-`CniError`, because a plugin that prints a traceback instead of the spec's
-error JSON leaves the runtime guessing.
+tested without root. The parser answers bad input with a `CniError` naming
+what is wrong, because a plugin that prints a traceback instead of the spec's
+error JSON leaves the runtime guessing; an exception it did not foresee is
+its own bug and says so (`ERR_INTERNAL`), never blamed on the input.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def _check_ifname(name: str) -> None:
     problem = None
     if not name:
         problem = "is empty"
-    elif len(name.encode()) > _MAX_IFNAME:
+    elif len(name.encode("utf-8", "surrogateescape")) > _MAX_IFNAME:  # bytes, as the kernel
         problem = f"is longer than {_MAX_IFNAME} bytes"
     elif name in (".", ".."):
         problem = "is . or .."
@@ -227,7 +228,7 @@ def _ipam_type(config: Mapping[str, Any]) -> str | None:
 def _decode_config(stdin: bytes) -> dict[str, Any]:
     try:
         config = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
         raise CniError(ERR_DECODE, "network config is not valid JSON", str(exc)) from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "network config must be a JSON object")
@@ -249,8 +250,8 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:
         return _parse_request(env, stdin)
     except CniError:
         raise
-    except Exception as exc:  # the parser's promise: bad input is an error JSON, never a crash
-        raise CniError(ERR_DECODE, "could not parse the CNI request", repr(exc)) from None
+    except Exception as exc:  # a bug of ours, not the caller's input: never a traceback
+        raise CniError(ERR_INTERNAL, "internal error parsing the CNI request", repr(exc)) from None
 
 
 def _parse_request(env: Mapping[str, str], stdin: bytes) -> CniRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from deviceplugin.api import names
 from deviceplugin.pools import DeviceType, PfRef
 
 MAX_VF_INDEX = 65535  # sriov_totalvfs is a 16-bit field
@@ -18,14 +19,7 @@ MAX_VF_INDEX = 65535  # sriov_totalvfs is a 16-bit field
 _PCI_ID = re.compile(r"(?:0[xX])?([0-9a-fA-F]{4})")
 _PCI_ADDRESS = re.compile(r"(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([01][0-9a-fA-F])\.([0-7])")
 _VF_ITEM = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"{_DNS_LABEL}(\.{_DNS_LABEL})*")
 _DRIVER_NAME = re.compile(r"[A-Za-z0-9_.:+-]{1,64}")
-# The kubelet checks "requests.<name>" against the qualified-name rules (quota
-# names), so a prefix may use 253 - len("requests.") characters.
-_MAX_PREFIX_LENGTH = 253 - len("requests.")
-_MAX_NAME_LENGTH = 63
 _MAX_IFNAME_BYTES = 15  # IFNAMSIZ - 1
 
 
@@ -140,38 +134,22 @@ def format_pf_ref(ref: PfRef) -> str:
 
 
 def resource_name(text: str) -> str:
-    """A `resourceName`: the part after the prefix, by the kubelet's qualified-name rules."""
+    """A `resourceName`: the part after the prefix, by the kubelet's rule (`api.names`)."""
     if "/" in text:
         raise ValueError(
             f"{text!r} is not a valid resource name: put the part before '/' in resourcePrefix"
         )
-    if len(text) > _MAX_NAME_LENGTH or not _QUALIFIED_NAME.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a valid resource name: expected a qualified name of at most "
-            f"{_MAX_NAME_LENGTH} characters (letters, digits, '-', '_' and '.', starting and "
-            "ending with a letter or digit), e.g. 'sriov_net_a'"
-        )
+    problems = names.name_problems(text)
+    if problems:
+        raise ValueError(f"{text!r} is not a valid resource name: {problems[0]}")
     return text
 
 
 def resource_prefix(text: str) -> str:
-    """A `resourcePrefix`: a DNS subdomain outside the names Kubernetes reserves."""
-    if len(text) > _MAX_PREFIX_LENGTH or not _DNS_SUBDOMAIN.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a valid resource prefix: expected a DNS subdomain of at most "
-            f"{_MAX_PREFIX_LENGTH} characters (lower-case letters, digits, '-' and '.'), "
-            "e.g. 'example.com'"
-        )
-    if text == "kubernetes.io" or text.endswith(".kubernetes.io"):
-        raise ValueError(
-            f"{text!r} is not a valid resource prefix: the kubernetes.io domain is reserved "
-            "for Kubernetes' own resources"
-        )
-    if text.startswith("requests."):
-        raise ValueError(
-            f"{text!r} is not a valid resource prefix: names starting with 'requests.' "
-            "are reserved for resource quotas"
-        )
+    """A `resourcePrefix`: a domain the kubelet accepts for extended resources (`api.names`)."""
+    problems = names.domain_problems(text)
+    if problems:
+        raise ValueError(f"{text!r} is not a valid resource prefix: {problems[0]}")
     return text
 
 

@@ -55,6 +55,53 @@ def link_state(name: str, netns: str) -> dict[str, Any] | None:
     }
 
 
+# What may differ between two namespaces' views of the same device and still be the
+# same state: the kernel numbers links itself (a namespace move may renumber one).
+_UNCOMPARED_LINK_KEYS = frozenset({"ifindex"})
+
+
+def full_link_state(name: str, netns: str) -> dict[str, Any] | None:
+    """Everything `ip -d` reports about one link and its addresses (broadcast, scope,
+    flags, lifetimes, label), except what the kernel numbers on its own."""
+    proc = sh("ip", "-d", "-j", "-n", netns, "addr", "show", "dev", name, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    info = json.loads(proc.stdout)[0]
+    link = {k: v for k, v in info.items() if k not in _UNCOMPARED_LINK_KEYS | {"addr_info"}}
+    addresses = sorted(info.get("addr_info", []), key=lambda a: json.dumps(a, sort_keys=True))
+    return {"link": link, "addresses": addresses}
+
+
+def full_routes(netns: str) -> list[dict[str, Any]]:
+    """Every route of every table in `netns`, IPv4 and IPv6, with all `ip -d` shows of
+    it (table, type, scope, protocol, metric, preferred source, flags)."""
+    routes = []
+    for family in ("-4", "-6"):
+        out = sh("ip", "-d", "-j", family, "-n", netns, "route", "show", "table", "all").stdout
+        routes += [{"family": family, **r} for r in json.loads(out or "[]")]
+    return sorted(routes, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def settled_link_state(name: str, netns: str, timeout: float = 15) -> dict[str, Any]:
+    """`full_link_state` once the kernel is done with the link: up with carrier and
+    operstate UP (linkwatch updates it asynchronously), no address still in duplicate
+    address detection. Raises if that does not happen within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = full_link_state(name, netns)
+        link = state["link"] if state else {}
+        if (
+            state is not None
+            and "LOWER_UP" in link.get("flags", ())
+            and link.get("operstate") == "UP"
+            and not any(a.get("tentative") for a in state["addresses"])
+        ):
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} in {netns} did not settle: {state}")
+        time.sleep(0.05)
+
+
 def ns_routes(netns: str) -> list[str]:
     out = sh("ip", "-n", netns, "route", "show").stdout
     return sorted(line.replace(" linkdown", "").strip() for line in out.splitlines())
@@ -111,6 +158,10 @@ class Lab:
         pci = f"0000:00:{self.next_slot + 3:02x}.0"
         self.fake.add_virtio_nic(pci, name)
         return pci, name
+
+    def plug_in(self, name: str) -> None:
+        """Bring up the far end of NIC `name`'s cable: the NIC gets carrier when up."""
+        sh("ip", "-n", self.peer_ns, "link", "set", name.replace("eh", "ep", 1), "up")
 
     def conf(self, version: str = "1.0.0", ipam: bool = True, **extra: Any) -> dict[str, Any]:
         doc: dict[str, Any] = {"cniVersion": version, "name": "ehd-net", "type": "ehost-device"}

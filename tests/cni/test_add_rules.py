@@ -7,6 +7,7 @@ failure can be put at any step, which real veths cannot do on demand.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from fakenet import HOST, FakeLink
 from world import POD, World
 
+from deviceplugin.cni.netlink import broadcast_for
 from deviceplugin.cni.origin import Origin, parse_alias
 from deviceplugin.cni.types import ERR_IPAM, CniError
 
@@ -290,3 +292,19 @@ def test_device_still_named_as_in_a_dead_pod(world: World) -> None:
     assert parse_alias(nic.alias) == Origin("ens5", pci, 9000)
     assert world.run("DEL", world.conf(deviceID=pci, mtu=1300), cid="c2")[0] == 0
     assert world.kernel.state(pci)[:5] == (HOST, "ens5", 9000, False, "")
+
+
+@pytest.mark.parametrize(
+    ("address", "broadcast"),
+    [
+        ("198.18.0.2/24", "198.18.0.255"),
+        ("10.1.2.3/8", "10.255.255.255"),
+        ("198.19.0.1/30", "198.19.0.3"),
+        ("198.19.1.0/31", None),  # RFC 3021: no broadcast on a point-to-point /31
+        ("198.19.2.7/32", None),
+        ("fd00::2/64", None),  # IPv6 has none
+    ],
+)
+def test_ipv4_broadcast_as_go_host_device_sets_it(address: str, broadcast: str | None) -> None:
+    """vishvananda/netlink's AddrAdd fills in the broadcast below /31; so does the real port."""
+    assert broadcast_for(ipaddress.ip_interface(address)) == broadcast

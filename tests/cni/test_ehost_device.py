@@ -8,20 +8,34 @@ real host-local plugin with a per-test data dir.
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cnilab import CNI_BIN, Daemon, Lab, link_state, ns_routes, sh
+from cnilab import (
+    CNI_BIN,
+    REPO,
+    Daemon,
+    Lab,
+    full_link_state,
+    full_routes,
+    link_state,
+    ns_routes,
+    settled_link_state,
+    sh,
+)
 
 from deviceplugin.cni import shim
 from deviceplugin.cni.install import install_shim, real_interpreter, shim_source
+from deviceplugin.cni.origin import Origin
 from deviceplugin.sim.podresources import PodResourcesStandIn
 
 pytestmark = pytest.mark.root
@@ -221,27 +235,103 @@ def test_devinfo_file(lab: Lab, mode: str) -> None:
 # ------------------------------------------------------------------ differential
 
 
-@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
-def test_same_as_go_host_device(lab: Lab, version: str) -> None:
-    """Same device, same host-local config: same result, same pod state, same host after DEL."""
+IPAMS = {
+    # The issue's case: a /24 lease, whose broadcast address Go sets.
+    "host-local-v4": {"ranges": [[{"subnet": "198.18.0.0/24", "gateway": "198.18.0.1"}]]},
+    "host-local-dual": {
+        "ranges": [
+            [{"subnet": "10.77.0.0/24", "gateway": "10.77.0.1"}],
+            [{"subnet": "fd00:77::/64", "gateway": "fd00:77::1"}],
+        ],
+        "routes": [{"dst": "10.78.0.0/16"}, {"dst": "fd00:78::/48"}],
+    },
+    # The broadcast rule's edges: /30 has one, /31 and /32 have none (RFC 3021).
+    "static-edges": {
+        "type": "static",
+        "addresses": [
+            {"address": "198.19.0.1/30", "gateway": "198.19.0.2"},
+            {"address": "198.19.1.0/31"},
+            {"address": "198.19.2.7/32"},
+        ],
+        "routes": [{"dst": "10.79.0.0/16", "gw": "198.19.0.2"}],
+    },
+}
+
+
+def by_design(go: dict, origin: Origin) -> dict:
+    """Go's pod state as ehost-device must leave it, where the two differ on purpose.
+
+    - The alias: both remember the NIC's host name there for DEL; Go writes the bare
+      name, ehost-device its origin marker (name, PCI address, host MTU), which DEL
+      still reads after the pod and its namespace are gone.
+    - IPv6 duplicate address detection: Go runs it on IPAM's addresses and waits up to
+      10 s for it to end; ehost-device adds them, unique by construction, with NODAD,
+      usable at once. Settled, the two differ only in that flag.
+    (And after DEL Go leaves the host name in the host NIC's alias; ehost-device
+    restores the NIC exactly as it was.)
+    """
+    expected = copy.deepcopy(go)
+    link = expected["net1"]["link"]
+    assert link.get("ifalias") == origin.orig_name, "Go's host-device keeps the host name"
+    link["ifalias"] = origin.to_alias()
+    for address in expected["net1"]["addresses"]:
+        if address["family"] == "inet6" and address["scope"] == "global":
+            address.pop("tentative", None)
+            address["nodad"] = True
+    expected["net1"]["addresses"].sort(key=lambda a: json.dumps(a, sort_keys=True))
+    return expected
+
+
+def pod_side(pod: str) -> dict:
+    """The pod's whole network state once the kernel has settled it: net1 with its
+    addresses, every route of every table, and which links the pod holds."""
+    net1 = settled_link_state("net1", pod)
+    links = json.loads(sh("ip", "-j", "-n", pod, "link", "show").stdout)
+    return {
+        "net1": net1,
+        "routes": full_routes(pod),
+        "links": sorted(link["ifname"] for link in links),
+    }
+
+
+@pytest.mark.parametrize(
+    ("version", "ipam"),
+    [(v, "host-local-v4") for v in ("0.3.1", "0.4.0", "1.0.0")]
+    + [("1.0.0", "host-local-dual"), ("1.0.0", "static-edges")],
+)
+def test_same_as_go_host_device(lab: Lab, version: str, ipam: str) -> None:
+    """Same device, same IPAM config: the same result, the same pod, field by field, and
+    the same host after DEL as before ADD. Where ehost-device differs by design, Go's
+    state is compared with the value ehost-device must have instead (`by_design`)."""
     d = Daemon(lab)
     try:
-        _, name = lab.nic()
-        before = lab.node_link(name)
+        pci, name = lab.nic()
+        lab.plug_in(name)  # carrier: the pod's link settles UP, IPv6 finishes DAD
+        before = full_link_state(name, lab.node)
+        assert before is not None
         pod = lab.netns("pod")
         outcomes = {}
         for plugin in ("host-device", "ehost-device"):
             conf = lab.conf(version, device=name)
+            conf["ipam"] = {"type": "host-local", **IPAMS[ipam]}
             conf["ipam"]["dataDir"] = str(lab.tmp / f"ipam-{plugin}")
             binary = f"{CNI_BIN}/host-device" if plugin == "host-device" else None
             code, result, err = lab.run("ADD", conf, pod, plugin=binary)
             assert code == 0, (plugin, err)
-            in_pod = (link_state("net1", pod), ns_routes(pod))
+            in_pod = pod_side(pod)
             code, out, err = lab.run("DEL", conf, pod, plugin=binary)
             assert code == 0, (plugin, out, err)
-            outcomes[plugin] = (result, in_pod, lab.node_link(name))
-        assert outcomes["ehost-device"] == outcomes["host-device"]
-        assert outcomes["host-device"][2] == before
+            outcomes[plugin] = (result, in_pod, full_link_state(name, lab.node))
+        go, ours = outcomes["host-device"], outcomes["ehost-device"]
+        expected = by_design(go[1], Origin(name, pci))  # no MTU asked: none to restore
+        assert ours[0] == go[0]  # the CNI result
+        assert ours[1]["net1"]["link"] == expected["net1"]["link"]
+        assert ours[1]["net1"]["addresses"] == expected["net1"]["addresses"]
+        assert ours[1]["routes"] == expected["routes"]
+        assert ours[1] == expected
+        # The host after DEL: as before ADD; Go leaves its alias behind.
+        assert ours[2] == before
+        assert go[2] == {**before, "link": {**before["link"], "ifalias": name}}
     finally:
         d.stop()
 
@@ -562,7 +652,10 @@ def test_installed_shim(tmp_path: Path) -> None:
     path = install_shim(tmp_path / "bin")
     first = path.read_text().splitlines()[0]
     interpreter = first[2:].split()[0]
-    assert interpreter == os.path.realpath(interpreter)
+    if sys.prefix != sys.base_prefix:  # a venv: its own link, the one that sees its packages
+        assert interpreter == sys.executable
+    else:
+        assert interpreter == os.path.realpath(interpreter)
     assert "/shims/" not in interpreter
     assert os.access(path, os.X_OK)
     assert real_interpreter("/usr/bin/python3") == "/usr/bin/python3"  # a symlink, kept
@@ -570,6 +663,26 @@ def test_installed_shim(tmp_path: Path) -> None:
     for wrapper in ("/root/.pyenv/shims/python3", __file__):
         with pytest.raises(ValueError):
             real_interpreter(wrapper)
+
+
+def test_shim_installed_from_a_venv_runs_with_the_venvs_packages(tmp_path: Path) -> None:
+    """`install-cni` run by a venv's python: the shim's in-process fallback needs the
+    venv's packages, which the base interpreter behind the venv's link does not see."""
+    venv_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv_dir)], check=True)
+    install = "from deviceplugin.cni.install import install_shim; import sys; "
+    install += "print(install_shim(sys.argv[1]))"
+    shim_path = subprocess.run(
+        [str(venv_dir / "bin" / "python"), "-c", install, str(tmp_path / "bin")],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    interpreter = Path(shim_path).read_text().splitlines()[0][2:].split()[0]
+    prefix = subprocess.run(
+        [interpreter, "-c", "import sys; print(sys.prefix)"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert prefix == str(venv_dir)
 
 
 def test_fallback_without_package_says_so(lab: Lab) -> None:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vmrig import GUEST, REPO, VmSpec, parse_timing, qmp, serve_requests, vm_command
+from vmrig import (
+    GUEST,
+    REPO,
+    VmSpec,
+    parse_timing,
+    qmp,
+    real_python,
+    serve_requests,
+    vm_command,
+)
 
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir
 
@@ -101,3 +113,27 @@ def test_guest_requests_are_answered_once(fake_qmp: tuple[Path, list[dict]]) -> 
         assert json.loads((out / "reply-1.json").read_text()) == {"error": None, "return": {}}
         assert "cannot serve" in json.loads((out / "reply-2.json").read_text())["error"]
         assert [m["execute"] for m in seen] == ["qmp_capabilities", "set_link"]
+
+
+def test_guest_interpreter_sees_this_interpreters_packages(tmp_path: Path) -> None:
+    """Run from a virtualenv, the guest must get the venv's interpreter (its packages),
+    not the base interpreter behind the venv's link."""
+    venv_dir = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv_dir)], check=True)
+    venv_python = venv_dir / "bin" / "python"
+    ask = f"import sys; sys.path.insert(0, {str(GUEST.parent)!r}); import vmrig; "
+    chosen = subprocess.run(
+        [str(venv_python), "-c", ask + "print(vmrig.real_python())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+    def prefix_of(python: str) -> str:
+        return subprocess.run(
+            [python, "-c", "import sys; print(sys.prefix)"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    assert prefix_of(chosen) == str(venv_dir)
+    assert prefix_of(real_python()) == sys.prefix  # and from here, this one's
+    if sys.prefix == sys.base_prefix:  # no venv: resolved, no shim or link in the way
+        assert real_python() == os.path.realpath(real_python())

@@ -49,7 +49,15 @@ def vm_run_path() -> Path:
 
 
 def real_python() -> str:
-    """This interpreter's binary: under TCG a pyenv shim would cost seconds per start."""
+    """The guest's interpreter: this one, with the same packages, and no shim in between.
+
+    A virtualenv's `bin/python` is a link to the base interpreter, and only
+    started through that link does Python find the venv's `pyvenv.cfg` and
+    packages: inside a venv the path stays as it is. Elsewhere it is resolved,
+    since under TCG a pyenv shim would cost seconds per start.
+    """
+    if sys.prefix != sys.base_prefix:
+        return sys.executable
     return os.path.realpath(sys.executable)
 
 
