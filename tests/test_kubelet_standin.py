@@ -24,9 +24,10 @@ from deviceplugin.api.podresources.v1 import api_pb2_grpc as pr_grpc
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
 from deviceplugin.kubelet import kubelet_identity
 from deviceplugin.model import Health
+from deviceplugin.podresources import allocated_devices
 from deviceplugin.sim.kubelet import KubeletStandIn, remove_contents
 from deviceplugin.sim.plugin_connection import DeviceView, Snapshot, snapshot_from_response
-from deviceplugin.sim.podresources import PodResourcesStandIn
+from deviceplugin.sim.podresources import KUBELET_1_20, PodResourcesStandIn
 
 RESOURCE = "example.com/nic"
 
@@ -523,3 +524,23 @@ def test_podresources_get_disabled_and_allocatable(podresources) -> None:
     assert [(d.resource_name, list(d.device_ids)) for d in allocatable.devices] == [
         (RESOURCE, ["0000:00:04.0", "0000:00:05.0"])
     ]
+
+
+def test_podresources_as_kubelet_1_20_serves_only_list(tmp_path: Path) -> None:
+    """A real v1.20.2 answered Get and GetAllocatableResources with UNIMPLEMENTED (not
+    the UNKNOWN of a newer kubelet with Get switched off); netdp's client falls back."""
+    socket_path = tmp_path / "kubelet.sock"
+    with PodResourcesStandIn(socket_path, served=KUBELET_1_20) as standin:
+        standin.set_pod("default", "web", {"app": {RESOURCE: ["0000:00:04.0"]}})
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = pr_grpc.PodResourcesListerStub(channel)
+            for call, request in (
+                (stub.Get, pr_pb2.GetPodResourcesRequest(pod_namespace="default", pod_name="web")),
+                (stub.GetAllocatableResources, pr_pb2.AllocatableResourcesRequest()),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                assert err.value.details().startswith("unknown method ")
+        assert allocated_devices(socket_path, "default", "web", RESOURCE) == ["0000:00:04.0"]
+        assert standin.calls == ["Get", "GetAllocatableResources", "Get", "List"]
