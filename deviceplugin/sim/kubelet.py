@@ -28,8 +28,10 @@ follows what the kubelet's device manager does:
 Where a real kubelet v1.20 differs on purpose: it answers `Register` before
 dialing the plugin (a bad endpoint only shows in its log) and takes the
 plugin's options from the request instead of asking `GetDevicePluginOptions`;
-the stand-in does what kubelets since 1.26 do, which shows a broken endpoint
-at once.
+the stand-in does what newer kubelets do (dial and ask first, then answer),
+which shows a broken endpoint at once. Not emulated: the checkpoint file the
+kubelet rewrites (dotfile, then rename) in the directory after every
+ListAndWatch update and allocation, and v1.20's empty `DEPRECATION` file.
 
 Everything is synchronous (a thread-pool gRPC server, one thread per
 ListAndWatch stream), so plain pytest code can drive it; waiting is done on
