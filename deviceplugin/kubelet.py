@@ -1,12 +1,13 @@
 """Staying registered with the kubelet, whatever the kubelet does.
 
 The kubelet's device manager deletes every socket in the device-plugin
-directory when it starts, then creates `kubelet.sock`. So the registrar
-watches that directory with inotify and, on any change, reconciles: a pool
-whose socket vanished gets a new one; a pool not registered with the current
-`kubelet.sock` (identified by inode) registers. The same loop covers "kubelet
-not up yet", "kubelet restarted" and "registration refused" (retried with
-exponential backoff), so there is one code path to trust.
+directory when it starts (the stale `kubelet.sock` of its predecessor too),
+then creates `kubelet.sock`. So the registrar watches that directory with
+inotify and, on any change, reconciles: a pool whose socket vanished gets a
+new one; a pool not registered with the current `kubelet.sock` (identified by
+inode and creation time) registers. The same loop covers "kubelet not up
+yet", "kubelet restarted" and "registration refused" (retried with
+exponential backoff, reset for a new kubelet), so there is one code path to trust.
 """
 
 from __future__ import annotations
@@ -37,15 +38,24 @@ BACKOFF_MAX_S = 30.0
 SAFETY_RECHECK_S = 10.0
 
 RegistrationObserver = Callable[[str, bool], None]  # resource, accepted
+# A fresh connection per Register call: gRPC otherwise shares one per address in the
+# process, and after a refused attempt (a stale kubelet.sock) it keeps failing calls
+# at once, without dialing, until its own reconnect backoff ends, new kubelet or not.
+_OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
-def kubelet_identity(plugin_dir: Path) -> tuple[int, int] | None:
-    """Which kubelet instance is listening: a restart makes a new socket inode."""
+def kubelet_identity(plugin_dir: Path) -> tuple[int, int, int] | None:
+    """Which kubelet instance is listening: each start makes a new kubelet.sock.
+
+    The inode number alone is not enough, as file systems hand a freed number
+    out again at once (ext4 does); a socket's mtime is its creation time (no
+    write ever changes it), which tells the new one from the old.
+    """
     try:
         st = os.stat(plugin_dir / KUBELET_SOCKET)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns)
 
 
 async def register(plugin_dir: Path, server: PoolServer) -> None:
@@ -58,7 +68,8 @@ async def register(plugin_dir: Path, server: PoolServer) -> None:
             pre_start_required=False, get_preferred_allocation_available=True
         ),
     )
-    async with grpc.aio.insecure_channel(f"unix://{plugin_dir / KUBELET_SOCKET}") as channel:
+    target = f"unix://{plugin_dir / KUBELET_SOCKET}"
+    async with grpc.aio.insecure_channel(target, options=_OWN_CONNECTION) as channel:
         await api_pb2_grpc.RegistrationStub(channel).Register(
             request, timeout=REGISTER_TIMEOUT_S, wait_for_ready=False
         )
@@ -126,6 +137,10 @@ class Registrar:
                 log.info("kubelet_socket_found", path=str(self.plugin_dir / KUBELET_SOCKET))
                 if self._last_kubelet is not None and self._on_kubelet_restart:
                     self._on_kubelet_restart()
+                # A new kubelet gets an attempt at once, whatever its predecessor (or
+                # its stale socket, while it was being replaced) refused.
+                self._backoff.clear()
+                self._retry_at.clear()
             self._last_kubelet = current
         next_check = SAFETY_RECHECK_S
         for server in list(self._servers()):
@@ -165,6 +180,11 @@ class Registrar:
                 if self._on_registration:
                     self._on_registration(server.resource_name, False)
                 continue
+            # Whom the call reached: the kubelet listening now. `current` was read before
+            # the awaits above, and a restarting kubelet replaces its socket in between
+            # (seen with v1.20: our socket goes, then the stale kubelet.sock, then a new
+            # one appears). Remembering the stale one made the next event register again.
+            current = kubelet_identity(self.plugin_dir)
             server.mark_registered(current)
             self._backoff.pop(server.resource_name, None)
             self._retry_at.pop(server.resource_name, None)

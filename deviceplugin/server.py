@@ -199,7 +199,10 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         await server.start()
         self._server = server
         self._stopping = False
-        self._socket_inode = os.stat(self.socket_path).st_ino
+        try:
+            self._socket_inode = os.stat(self.socket_path).st_ino
+        except FileNotFoundError:  # a starting kubelet emptied the directory just now:
+            self._socket_inode = None  # not alive, so the registrar starts us again
         self._registered_with = None
         self.log.info("pool_server_started", socket=str(self.socket_path))
 

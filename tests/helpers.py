@@ -139,14 +139,22 @@ def make_node_netns(nss: Namespaces, extra: int = 0) -> NodeNetns:
 class DaemonProcess:
     """`netdp run` as a child process; collects its JSON log lines as they come."""
 
-    def __init__(self, args: Sequence[str], netns: str | None = None) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        netns: str | None = None,
+        *,
+        isolated: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         prefix = ["ip", "netns", "exec", netns] if netns else []
         # Many daemons run side by side in the suite: no fixed metrics port, no shared
         # CNI socket, unless a test asks for them (later flags win in argparse).
-        isolated = ["--metrics-address", "127.0.0.1:0", "--cni-socket", ""]
-        self.command = [*prefix, *NETDP, "run", "--log-format", "json", *isolated, *args]
+        # `isolated=False` leaves the defaults, for the one daemon of a (VM) node.
+        own = ["--metrics-address", "127.0.0.1:0", "--cni-socket", ""] if isolated else []
+        self.command = [*prefix, *NETDP, "run", "--log-format", "json", *own, *args]
         self.proc = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
         )
         self.lines: list[str] = []
         self.events: list[dict] = []

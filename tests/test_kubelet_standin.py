@@ -21,10 +21,12 @@ from deviceplugin.api import constants
 from deviceplugin.api.podresources.v1 import api_pb2 as pr_pb2
 from deviceplugin.api.podresources.v1 import api_pb2_grpc as pr_grpc
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
+from deviceplugin.kubelet import kubelet_identity
 from deviceplugin.model import Health
-from deviceplugin.sim.kubelet import KubeletStandIn, remove_sockets
+from deviceplugin.podresources import allocated_devices
+from deviceplugin.sim.kubelet import KubeletStandIn, remove_contents
 from deviceplugin.sim.plugin_connection import DeviceView, Snapshot, snapshot_from_response
-from deviceplugin.sim.podresources import PodResourcesStandIn
+from deviceplugin.sim.podresources import KUBELET_1_20, PodResourcesStandIn
 
 RESOURCE = "example.com/nic"
 
@@ -331,12 +333,14 @@ def test_restart_deletes_sockets_and_disconnects(
     register(plugin_dir)
     conn = kubelet.wait_registered(RESOURCE)
     conn.wait_snapshot()
+    old = kubelet_identity(plugin_dir)
 
     kubelet.restart()
 
     assert not plugin.socket_path.exists()
     assert (plugin_dir / "kubelet_internal_checkpoint").read_text() == "{}"
     assert kubelet.socket_path.is_socket()
+    assert kubelet_identity(plugin_dir) not in (None, old), "a new kubelet.sock"
     assert conn.wait_stream_end() == grpc.StatusCode.CANCELLED
     assert kubelet.connections == {}
     assert len(kubelet.registrations) == 1  # history survives a restart
@@ -351,29 +355,71 @@ def test_restart_deletes_sockets_and_disconnects(
         again.stop()
 
 
-def test_stop_is_prompt_and_removes_kubelet_sock(plugin_dir: Path, plugin: FakePlugin) -> None:
+def test_stop_is_prompt_and_leaves_kubelet_sock_stale(plugin_dir: Path, plugin: FakePlugin) -> None:
+    """A real kubelet that exits leaves kubelet.sock behind (seen with v1.20 on SIGTERM):
+    the same file, nobody listening. Plugins see nothing change until the next start."""
     standin = KubeletStandIn(plugin_dir)
     standin.start(clean=False)
     register(plugin_dir)
     conn = standin.wait_registered(RESOURCE)
     conn.wait_snapshot()
+    identity = kubelet_identity(plugin_dir)
     started = time.monotonic()
     standin.stop()
     assert time.monotonic() - started < 1
     assert conn.wait_stream_end(timeout=1) == grpc.StatusCode.CANCELLED
-    assert not standin.socket_path.exists()
+    assert standin.socket_path.is_socket()
+    assert kubelet_identity(plugin_dir) == identity
+    with pytest.raises(grpc.RpcError) as refused:
+        register(plugin_dir)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not standin.running
-    assert plugin.socket_path.is_socket()  # stopping deletes nothing but its own socket
+    assert plugin.socket_path.is_socket()  # stopping deletes nothing of the plugins'
+    assert sorted(p.name for p in plugin_dir.iterdir()) == ["kubelet.sock", "nic.sock"]
 
 
-def test_start_cleans_sockets_like_the_kubelet(plugin_dir: Path) -> None:
+def test_restart_shows_plugins_the_kubelets_order(plugin_dir: Path, plugin: FakePlugin) -> None:
+    """As a real kubelet v1.20 restart does: the plugin's socket and the stale kubelet.sock
+    go (with `gap`, the plugin's first), then a new kubelet.sock appears."""
+    standin = KubeletStandIn(plugin_dir)
+    standin.start(clean=False)
+    stale = kubelet_identity(plugin_dir)
+    seen: list[tuple[str, object]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            entry = ("plugin" if plugin.socket_path.exists() else "-", kubelet_identity(plugin_dir))
+            if not seen or seen[-1] != entry:
+                seen.append(entry)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        standin.restart(gap=0.2)
+    finally:
+        time.sleep(0.05)
+        stop.set()
+        watcher.join()
+        standin.stop()
+    new = seen[-1][1]
+    assert new not in (None, stale)
+    assert seen[0] == ("plugin", stale)
+    assert ("-", stale) in seen, f"the plugin's socket goes before the stale kubelet.sock: {seen}"
+    assert seen[-1] == ("-", new)
+
+
+def test_start_cleans_like_the_kubelet(plugin_dir: Path) -> None:
+    """The kubelet removes every entry but its checkpoint and subdirectories, files too."""
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(plugin_dir / "stale.sock"))
     stale.close()
-    (plugin_dir / "keep.txt").write_text("x")
+    (plugin_dir / "DEPRECATION").write_text("")
+    (plugin_dir / "kubelet_internal_checkpoint").write_text("{}")
     (plugin_dir / "subdir").mkdir()
-    assert remove_sockets(plugin_dir) == ["stale.sock"]
-    assert sorted(p.name for p in plugin_dir.iterdir()) == ["keep.txt", "subdir"]
+    assert remove_contents(plugin_dir) == ["DEPRECATION", "stale.sock"]
+    assert sorted(p.name for p in plugin_dir.iterdir()) == ["kubelet_internal_checkpoint", "subdir"]
 
 
 def test_snapshot_from_response_is_pure() -> None:
@@ -433,3 +479,23 @@ def test_podresources_get_disabled_and_allocatable(podresources) -> None:
     assert [(d.resource_name, list(d.device_ids)) for d in allocatable.devices] == [
         (RESOURCE, ["0000:00:04.0", "0000:00:05.0"])
     ]
+
+
+def test_podresources_as_kubelet_1_20_serves_only_list(tmp_path: Path) -> None:
+    """A real v1.20.2 answered Get and GetAllocatableResources with UNIMPLEMENTED (not
+    the UNKNOWN of a newer kubelet with Get switched off); netdp's client falls back."""
+    socket_path = tmp_path / "kubelet.sock"
+    with PodResourcesStandIn(socket_path, served=KUBELET_1_20) as standin:
+        standin.set_pod("default", "web", {"app": {RESOURCE: ["0000:00:04.0"]}})
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = pr_grpc.PodResourcesListerStub(channel)
+            for call, request in (
+                (stub.Get, pr_pb2.GetPodResourcesRequest(pod_namespace="default", pod_name="web")),
+                (stub.GetAllocatableResources, pr_pb2.AllocatableResourcesRequest()),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    call(request, timeout=5)
+                assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                assert err.value.details().startswith("unknown method ")
+        assert allocated_devices(socket_path, "default", "web", RESOURCE) == ["0000:00:04.0"]
+        assert standin.calls == ["Get", "GetAllocatableResources", "Get", "List"]

@@ -18,9 +18,20 @@ follows what the kubelet's device manager does:
 - A new registration of the same resource replaces the previous connection,
   and a connection whose ListAndWatch stream ends is dropped, so
   `connections` holds only plugins the kubelet would still be using.
-- `start()` deletes every socket in the plugin directory before listening, as
-  the kubelet's startup does; `restart()` is stop + start, i.e. what a plugin
-  sees when the kubelet restarts.
+- `start()` empties the plugin directory before listening, as the kubelet's
+  device manager does (every entry but its checkpoint file and
+  subdirectories). `stop()` leaves `kubelet.sock` behind, stale, as an exiting
+  kubelet does; so `restart()` shows plugins what a real kubelet restart does
+  (checked against kubelet v1.20, tests/e2e/realnode.py): their sockets and
+  the old `kubelet.sock` vanish, then a new `kubelet.sock` appears.
+
+Where a real kubelet v1.20 differs on purpose: it answers `Register` before
+dialing the plugin (a bad endpoint only shows in its log) and takes the
+plugin's options from the request instead of asking `GetDevicePluginOptions`;
+the stand-in does what newer kubelets do (dial and ask first, then answer),
+which shows a broken endpoint at once. Not emulated: the checkpoint file the
+kubelet rewrites (dotfile, then rename) in the directory after every
+ListAndWatch update and allocation, and v1.20's empty `DEPRECATION` file.
 
 Everything is synchronous (a thread-pool gRPC server, one thread per
 ListAndWatch stream), so plain pytest code can drive it; waiting is done on
@@ -29,7 +40,10 @@ condition variables, never by polling.
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +61,9 @@ from deviceplugin.sim.plugin_connection import PluginConnection
 from deviceplugin.sim.standin import StandIn, serve_unix
 
 log = structlog.get_logger(__name__)
+
+# The one entry of the plugin directory that the kubelet keeps when it starts.
+CHECKPOINT_NAME = "kubelet_internal_checkpoint"
 
 # Each plugin connection gets its own subchannel, as each kubelet client conn
 # does: a plugin restarting its socket must not inherit a broken shared one.
@@ -132,6 +149,7 @@ class KubeletStandIn(StandIn):
         self._registrations: list[RegistrationAttempt] = []
         self._connections: dict[str, PluginConnection] = {}
         self._server: grpc.Server | None = None
+        self._server_dir: Path | None = None  # where the gRPC server's own socket lives
         # Bumped on every start, so a Register still in flight across a
         # restart cannot land in the new incarnation.
         self._generation = 0
@@ -146,7 +164,7 @@ class KubeletStandIn(StandIn):
             return self._server is not None
 
     def start(self, *, clean: bool = True) -> None:
-        """Listen on kubelet.sock; with `clean`, first delete every socket in the directory.
+        """Listen on a new kubelet.sock; with `clean`, first empty the directory like the kubelet.
 
         The real kubelet always cleans, so a plugin started before it loses
         its socket; `clean=False` is for tests that want to skip that.
@@ -156,11 +174,15 @@ class KubeletStandIn(StandIn):
                 raise RuntimeError("kubelet stand-in already started")
             self.plugin_dir.mkdir(parents=True, exist_ok=True)
             if clean:
-                removed = remove_sockets(self.plugin_dir)
+                removed = remove_contents(self.plugin_dir)
                 log.info("kubelet_standin.cleaned", dir=str(self.plugin_dir), removed=removed)
             self._generation += 1
+            # gRPC removes its socket when it stops, a kubelet that exits does not: the
+            # server listens on a private path and kubelet.sock is a second name (a hard
+            # link) for that socket, which outlives the server as a stale kubelet.sock.
+            server_dir = _server_dir(self.plugin_dir)
             self._server = serve_unix(
-                self.socket_path,
+                server_dir / KUBELET_SOCKET_NAME,
                 partial(
                     api_pb2_grpc.add_RegistrationServicer_to_server,
                     _RegistrationServicer(self, self._generation),
@@ -168,12 +190,20 @@ class KubeletStandIn(StandIn):
                 workers=8,
                 name="kubelet",
             )
+            self._server_dir = server_dir
+            self.socket_path.unlink(missing_ok=True)  # stale, when not cleaned
+            os.link(server_dir / KUBELET_SOCKET_NAME, self.socket_path)
         log.info("kubelet_standin.started", socket=str(self.socket_path))
 
     def stop(self) -> None:
-        """Disconnect every plugin, stop serving and remove kubelet.sock (as gRPC-Go does)."""
+        """Disconnect every plugin and stop serving; kubelet.sock stays behind, stale.
+
+        That is what an exiting kubelet leaves: the next one removes it when
+        it starts, so plugins see no change in the directory until then.
+        """
         with self._cond:
             server, self._server = self._server, None
+            server_dir, self._server_dir = self._server_dir, None
             connections = list(self._connections.values())
             self._connections.clear()
             self._cond.notify_all()
@@ -182,11 +212,25 @@ class KubeletStandIn(StandIn):
         if server is not None:
             server.stop(grace=None).wait()
             log.info("kubelet_standin.stopped", socket=str(self.socket_path))
+        if server_dir is not None:
+            shutil.rmtree(server_dir, ignore_errors=True)
 
-    def restart(self) -> None:
-        """A kubelet restart as plugins see it: disconnect, sockets deleted, new kubelet.sock."""
+    def restart(self, *, gap: float = 0.0) -> None:
+        """A kubelet restart as plugins see it: disconnected, the directory emptied, the
+        stale kubelet.sock last, then a new kubelet.sock.
+
+        The kubelet deletes the entries it listed at start-up one by one, in
+        directory order; on tmpfs (kubelet v1.20 in tests/e2e/realnode.py)
+        that put the plugins' sockets, being newer, before the stale
+        kubelet.sock. `gap`: seconds between the two, as a busy kubelet may take.
+        """
         self.stop()
-        self.start(clean=True)
+        removed = remove_contents(self.plugin_dir, keep=KUBELET_SOCKET_NAME)
+        if gap:
+            time.sleep(gap)
+        self.socket_path.unlink(missing_ok=True)
+        log.info("kubelet_standin.cleaned", dir=str(self.plugin_dir), removed=removed)
+        self.start(clean=False)
 
     @property
     def registrations(self) -> list[RegistrationAttempt]:
@@ -304,14 +348,25 @@ class KubeletStandIn(StandIn):
                 self._cond.notify_all()
 
 
-def remove_sockets(directory: Path) -> list[str]:
-    """Delete every unix socket directly in `directory` (not files, not subdirectories)."""
+def remove_contents(directory: Path, keep: str = CHECKPOINT_NAME) -> list[str]:
+    """Delete every entry directly in `directory` but `keep` and subdirectories, as the
+    kubelet's device manager does on start-up (with its checkpoint file as `keep`)."""
     removed = []
     for entry in directory.iterdir():
+        if entry.name in (keep, CHECKPOINT_NAME):
+            continue
         try:
-            if stat.S_ISSOCK(entry.lstat().st_mode):
+            if not stat.S_ISDIR(entry.lstat().st_mode):
                 entry.unlink()
                 removed.append(entry.name)
         except FileNotFoundError:
             continue
     return sorted(removed)
+
+
+def _server_dir(plugin_dir: Path) -> Path:
+    """A fresh directory on the plugin dir's file system (hard links cannot cross one),
+    beside the plugin dir where possible, so that holds only what a kubelet puts there."""
+    beside = plugin_dir.parent
+    where = beside if os.stat(beside).st_dev == os.stat(plugin_dir).st_dev else plugin_dir
+    return Path(tempfile.mkdtemp(prefix=".kubelet-standin-", dir=where))

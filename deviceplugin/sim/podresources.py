@@ -6,7 +6,9 @@ kubelet which devices it allocated to the pod. This server answers `List`,
 with `set_pod`. It answers like the kubelet: pods in the order they were set,
 a missing pod in `Get` is an UNKNOWN error worded as the kubelet words it, and
 `Get` can be switched off as on kubelets without the KubeletPodResourcesGet
-feature.
+feature. Kubelets older than a method do not know it at all: `served` names
+the methods a version has (`KUBELET_1_20`: only `List`, as a real v1.20.2
+answered in tests/e2e/realnode.py), the others fail with UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = structlog.get_logger(__name__)
 
 # container name -> resource name -> device IDs
 ContainerDevices = Mapping[str, Mapping[str, Sequence[str]]]
+
+ALL_METHODS = frozenset({"List", "Get", "GetAllocatableResources"})
+KUBELET_1_20 = frozenset({"List"})  # GetAllocatableResources came in 1.21, Get in 1.27
 
 
 def pod_resources(namespace: str, name: str, containers: ContainerDevices) -> api_pb2.PodResources:
@@ -50,16 +55,27 @@ class _Servicer(api_pb2_grpc.PodResourcesListerServicer):
     def __init__(self, standin: PodResourcesStandIn) -> None:
         self._standin = standin
 
+    def _call(
+        self, method: str, context: grpc.ServicerContext
+    ) -> dict[tuple[str, str], api_pb2.PodResources]:
+        pods = self._standin._record_call(method)
+        if method not in self._standin.served:  # what gRPC-Go says for an unknown method
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"unknown method {method} for service v1.PodResourcesLister",
+            )
+        return pods
+
     def List(
         self, request: api_pb2.ListPodResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.ListPodResourcesResponse:
-        pods = self._standin._record_call("List")
+        pods = self._call("List", context)
         return api_pb2.ListPodResourcesResponse(pod_resources=list(pods.values()))
 
     def Get(
         self, request: api_pb2.GetPodResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.GetPodResourcesResponse:
-        pods = self._standin._record_call("Get")
+        pods = self._call("Get", context)
         if not self._standin.get_enabled:
             context.abort(grpc.StatusCode.UNKNOWN, "PodResources API Get method disabled")
         pod = pods.get((request.pod_namespace, request.pod_name))
@@ -73,20 +89,27 @@ class _Servicer(api_pb2_grpc.PodResourcesListerServicer):
     def GetAllocatableResources(
         self, request: api_pb2.AllocatableResourcesRequest, context: grpc.ServicerContext
     ) -> api_pb2.AllocatableResourcesResponse:
-        self._standin._record_call("GetAllocatableResources")
+        self._call("GetAllocatableResources", context)
         return api_pb2.AllocatableResourcesResponse(devices=self._standin._allocatable())
 
 
 class PodResourcesStandIn(StandIn):
     """Serves PodResourcesLister on `socket_path` from a table set by the test.
 
-    `calls` lists the method names served, in order, so a test can tell
+    `calls` lists the methods called (served or not), in order, so a test can tell
     whether a client used Get or fell back to List. Usable as a context manager.
     """
 
-    def __init__(self, socket_path: Path, *, get_enabled: bool = True) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        get_enabled: bool = True,
+        served: frozenset[str] = ALL_METHODS,
+    ) -> None:
         self.socket_path = Path(socket_path)
         self.get_enabled = get_enabled
+        self.served = served
         self._lock = threading.Lock()
         self._pods: dict[tuple[str, str], api_pb2.PodResources] = {}
         self._allocatable_devices: dict[str, list[str]] = {}

@@ -17,7 +17,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from vmrig import GuestRun, VmSpec, prepare, run_scenario, summary_rows
+from vmrig import (
+    GuestRun,
+    VmSpec,
+    prepare,
+    prepare_realnode,
+    realnode_dir,
+    run_scenario,
+    summary_rows,
+)
 
 E2E_DIR = Path(__file__).resolve().parent
 _RUNS: list[GuestRun] = []
@@ -52,6 +60,13 @@ def rig() -> Iterator[Rig]:
     yield Rig()
 
 
+@pytest.fixture(scope="session")
+def realnode(rig: Rig) -> Path:
+    """The real kubelet, pause and images of ../shared/lab/kubelet/, built when missing."""
+    _PREPARE["realnode"] = prepare_realnode()
+    return realnode_dir()
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _RUNS:
         return
@@ -59,6 +74,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if "seconds" in _PREPARE:
         terminalreporter.write_line(
             f"prepare (vm-run --setup, compileall): {_PREPARE['seconds']:.1f} s"
+        )
+    if "realnode" in _PREPARE:
+        terminalreporter.write_line(
+            f"prepare real kubelet (lab scripts, only when missing): {_PREPARE['realnode']:.1f} s"
         )
     for row in summary_rows(_RUNS):
         terminalreporter.write_line(row)

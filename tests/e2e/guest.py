@@ -34,20 +34,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers
 
 from helpers import DaemonProcess
-from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
 from deviceplugin.cni.install import install_shim
-from deviceplugin.config import default_config, load_config
-from deviceplugin.sim.kubelet import KubeletStandIn
-from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
-from deviceplugin.survey import survey
+
+# gRPC, the stand-in and the daemon are imported where first used: each costs
+# seconds under TCG, which the kubelet scenario spends starting its node instead.
+if TYPE_CHECKING:
+    from deviceplugin.sim.kubelet import KubeletStandIn
+    from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
 
 VIRT = "kernel.org/virt"
 SRIOV = "kernel.org/sriov"
@@ -248,6 +249,9 @@ def snapshot_fact(snap: Snapshot) -> dict[str, str]:
 
 def show_discovery(rec: Recorder, config_path: Path | None) -> dict[str, Any]:
     """What `netdp list` would print, from the same code, without another process."""
+    from deviceplugin.config import default_config, load_config
+    from deviceplugin.survey import survey
+
     config = load_config(config_path) if config_path else default_config()
     state = survey(config.pools, Path("/sys"))
     placed = {d.pci_address: r for r, pool in state.pools.items() for d in pool.devices}
@@ -335,6 +339,8 @@ class Cni:
 @contextmanager
 def node_running(rec: Recorder, config: Path | None = None) -> Iterator[tuple[Node, Cni]]:
     """Stand-in kubelet + daemon (serving the CNI socket) + the installed shim."""
+    from deviceplugin.sim.kubelet import KubeletStandIn
+
     BASE.mkdir(parents=True, exist_ok=True)
     with rec.step("install the ehost-device CNI shim"):
         shim = install_shim(BASE / "cni-bin", sys.executable)
@@ -358,7 +364,7 @@ def node_running(rec: Recorder, config: Path | None = None) -> Iterator[tuple[No
             kubelet.stop()
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float, interval: float = 0.1) -> Any:
     """Poll what offers nothing to wait on from here (sysfs files, /metrics)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -367,7 +373,7 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout: float) -> Any:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout}s")
-        time.sleep(0.1)
+        time.sleep(interval)
 
 
 def wait_carrier(netdev: str, up: bool, timeout: float) -> str:
@@ -408,6 +414,8 @@ def settled(conn: PluginConnection, snap: Snapshot | None) -> Snapshot:
 
 def scrape(name: str) -> dict[str, float]:
     """One metric from the daemon's /metrics: samples keyed by their sorted `k=v` labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://{METRICS}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
@@ -682,11 +690,20 @@ def scenario_sriov(rec: Recorder) -> None:
             show_snapshot(rec, snap)
 
 
+def scenario_kubelet(rec: Recorder) -> None:
+    """A real kubelet v1.20 and containerd on a standalone node (tests/e2e/realnode.py)."""
+    sys.modules.setdefault("guest", sys.modules[__name__])  # realnode imports this module
+    from realnode import scenario_kubelet as real_kubelet
+
+    real_kubelet(rec)
+
+
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "virtio": scenario_virtio,
     "restart": scenario_restart,
     "health": scenario_health,
     "sriov": scenario_sriov,
+    "kubelet": scenario_kubelet,
 }
 
 

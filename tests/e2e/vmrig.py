@@ -35,6 +35,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().parent / "guest.py"
 DEFAULT_VM_RUN = REPO.parent / "shared" / "lab" / "vm-run.sh"
+DEFAULT_KUBELET_LAB = REPO.parent / "shared" / "lab" / "kubelet"
+# What the real-kubelet scenario takes from the kubelet lab (build-kubelet.sh,
+# images.sh), and the Debian packages build-kubelet.sh installs for it.
+REALNODE_OUTPUTS = ("bin/kubelet", "bin/pause", "images/pause.tar", "images/busybox.tar")
+REALNODE_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc")
 HOST_LOCAL = Path("/usr/lib/cni/host-local")
 # vm-run's exit codes for its own failures (else the command's code comes back).
 VM_EXIT_MEANING = {124: "the VM hit its timeout", 125: "VM or harness failure"}
@@ -46,6 +51,24 @@ _TIMING = re.compile(
 
 def vm_run_path() -> Path:
     return Path(os.environ.get("NETDP_VM_RUN") or DEFAULT_VM_RUN)
+
+
+def kubelet_lab_path() -> Path:
+    """The lab's real-kubelet build scripts (`NETDP_KUBELET_LAB` overrides)."""
+    return Path(os.environ.get("NETDP_KUBELET_LAB") or DEFAULT_KUBELET_LAB)
+
+
+def realnode_dir() -> Path:
+    """Where the kubelet lab's scripts put their results; the guest sees the same path.
+
+    `NETDP_REALNODE` overrides it (e.g. a fresh directory to measure a cold
+    build); else the scripts' own default, `${XDG_CACHE_HOME:-~/.cache}/realnode`.
+    """
+    explicit = os.environ.get("NETDP_REALNODE")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "realnode"
 
 
 def real_python() -> str:
@@ -69,6 +92,7 @@ class VmSpec:
     igb: int = 0  # emulated Intel 82576 SR-IOV NICs
     qmp: bool = False  # a QMP socket for set_link from the host
     timeout_s: int = 300
+    mem_mib: int = 2048  # guest RAM (its writes, tmpfs included, live there too)
 
 
 def vm_command(
@@ -76,6 +100,7 @@ def vm_command(
 ) -> list[str]:
     """The vm-run argv for one scenario (pure, so the layout is testable and printable)."""
     argv = [str(vm_run_path()), "--nics", str(spec.nics), "--timeout", str(spec.timeout_s)]
+    argv += ["--mem", str(spec.mem_mib)]
     if spec.igb:
         argv += ["--igb", str(spec.igb)]
     if qmp_socket is not None:
@@ -281,6 +306,42 @@ def prepare(python: str | None = None) -> float:
         check=True,
         capture_output=True,
     )
+    return time.monotonic() - started
+
+
+def prepare_realnode() -> float:
+    """Build the real kubelet, pause and the two images unless already there; seconds taken.
+
+    The lab's scripts are idempotent, but even warm `build-kubelet.sh` relinks
+    the kubelet (seconds of both cores), so they run only when an output or a
+    Debian tool they install is missing: on a cold machine ~3.5 min (Go build),
+    plus the Debian packages and the source package download.
+    """
+    started = time.monotonic()
+    out = realnode_dir()
+    lab = kubelet_lab_path()
+
+    def absent() -> list[str]:
+        return [f for f in REALNODE_OUTPUTS if not (out / f).exists()]
+
+    tools_missing = any(shutil.which(t) is None for t in REALNODE_TOOLS)
+    steps = []
+    if tools_missing or any(f.startswith("bin/") for f in absent()):
+        steps.append("build-kubelet.sh")  # the binaries and the Debian tools
+    if steps or absent():
+        steps.append("images.sh")  # images of this very pause binary
+    for script in steps:
+        path = lab / script
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: the real-kubelet scenario needs the lab's kubelet scripts "
+                "(set NETDP_KUBELET_LAB, or NETDP_E2E=0 to leave the e2e stage out)"
+            )
+        done = subprocess.run([str(path), str(out)], capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            raise RuntimeError(f"{path} {out} failed:\n{done.stdout}\n{done.stderr}")
+    if absent():
+        raise RuntimeError(f"the kubelet lab's scripts left no {absent()} in {out}")
     return time.monotonic() - started
 
 
