@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need
-# (Debian's CNI plugins and iproute2 as root, the Python package with its test
-# extras), checks that kubectl is there, checks lint, then runs pytest. Extra
-# arguments go to pytest.
+# (Debian's CNI plugins, iproute2, and gcc with a static libc for the ehost-device
+# binary, as root; the Python package with its test extras, which builds that
+# binary in place), checks that kubectl is there, checks lint, then runs pytest.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ if [ "$(id -u)" = 0 ]; then
   need=()
   [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc)
+  # libc.a: what `gcc -static` links (Debian's libc6-dev)
+  [ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ] || need+=(libc6-dev)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
     apt-get update -qq

@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -197,3 +198,23 @@ def start_daemon(
     d = DaemonProcess(node.args(*extra), netns=netns)
     daemons.append(d)
     return d
+
+
+PT_DYNAMIC, PT_INTERP = 2, 3
+
+
+def elf_facts(data: bytes) -> dict[str, object]:
+    """What makes an ELF file static, read from its header and program headers by hand:
+    its type (EXEC or DYN) and whether it names a program interpreter or has a dynamic
+    section (a static executable has neither)."""
+    assert data[:4] == b"\x7fELF", "not an ELF file"
+    assert data[4:6] == b"\x02\x01", "not a 64-bit little-endian ELF file"
+    (e_type,) = struct.unpack_from("<H", data, 16)
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    types = {struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)}
+    return {
+        "type": {2: "EXEC", 3: "DYN"}.get(e_type, str(e_type)),
+        "interpreter": PT_INTERP in types,
+        "dynamic": PT_DYNAMIC in types,
+    }

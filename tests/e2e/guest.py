@@ -4,8 +4,9 @@ Under QEMU's software emulation every exec costs 0.1-0.3 s and Python runs
 about 15x slower than on the host, so a scenario is one process that imports
 deviceplugin once, runs the kubelet stand-in in-process and starts the daemon
 (`python -m deviceplugin run`) as its only Python child; shell work is batched
-into one `ip -batch` call where it can be. The CNI plugin is the installed
-`ehost-device` shim, run as the container runtime would run it.
+into one `ip -batch` call where it can be. The CNI plugin is the static
+`ehost-device` binary, installed with `netdp install-cni --dest` as the
+DaemonSet's init container does and run as the container runtime would run it.
 
 The driver records what it observed (facts, per-step timings, the daemon's
 log) in `<out>/result.json`; it asserts nothing it does not need to go on.
@@ -43,7 +44,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
-from deviceplugin.cni.install import install_shim
+from deviceplugin.cli import main as netdp_main
+from deviceplugin.cni.install import PLUGIN_NAME
 from deviceplugin.config import default_config, load_config
 from deviceplugin.sim.kubelet import KubeletStandIn
 from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
@@ -184,7 +186,7 @@ def pod_addresses(netns: str) -> tuple[str, dict[str, list[str]]]:
 
 @dataclass
 class Node:
-    """This guest as a Kubernetes node: stand-in kubelet, netdp daemon, CNI shim."""
+    """This guest as a Kubernetes node: stand-in kubelet, netdp daemon, CNI plugin."""
 
     rec: Recorder
     kubelet: KubeletStandIn
@@ -193,7 +195,7 @@ class Node:
     daemons_started: int = 0
 
     def start_daemon(self) -> DaemonProcess:
-        """`netdp run`, serving the CNI shim's socket too, as in the DaemonSet."""
+        """`netdp run`, serving the CNI socket too, as in the DaemonSet."""
         args = [
             "--device-plugin-path", str(PLUGIN_DIR),
             "--devinfo-dir", str(BASE / "devinfo"),
@@ -268,10 +270,10 @@ def show_discovery(rec: Recorder, config_path: Path | None) -> dict[str, Any]:
 
 @dataclass
 class Cni:
-    """Calls the installed ehost-device shim the way a container runtime does."""
+    """Calls the installed ehost-device binary the way a container runtime does."""
 
     rec: Recorder
-    shim: Path
+    plugin: Path
     socket: Path
 
     def call(self, command: str, pod: str, pci: str | None = None) -> tuple[int, Any, str]:
@@ -293,24 +295,21 @@ class Cni:
             "CNI_CONTAINERID": f"ctr-{pod}",
             "CNI_NETNS": f"/run/netns/{pod}",
             "CNI_IFNAME": "net1",
-            "CNI_PATH": f"{self.shim.parent}:/usr/lib/cni",
+            "CNI_PATH": f"{self.plugin.parent}:/usr/lib/cni",
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
             "NETDP_CNI_SOCKET": str(self.socket),
-            "NETDP_CNI_LOCK_DIR": str(BASE / "cni-locks"),
         }
         started = time.monotonic()
         proc = subprocess.run(
-            [str(self.shim)], input=json.dumps(conf), env=env, capture_output=True, text=True
+            [str(self.plugin)], input=json.dumps(conf), env=env, capture_output=True, text=True
         )
         seconds = time.monotonic() - started
-        # The shim says on stderr whenever it runs (or finishes) a call in-process.
-        mode = "in-process" if "in-process" in proc.stderr else "daemon"
         self.rec.result.setdefault("cni_calls", []).append(
-            {"command": command, "pod": pod, "rc": proc.returncode, "mode": mode,
+            {"command": command, "pod": pod, "rc": proc.returncode, "stderr": proc.stderr,
              "seconds": round(seconds, 2)}
         )  # fmt: skip
         self.rec.say(f"CNI {command} {pod} (deviceID {pci}): exit {proc.returncode}, "
-                     f"{seconds:.2f} s, {mode}")  # fmt: skip
+                     f"{seconds:.2f} s")  # fmt: skip
         try:
             answer = json.loads(proc.stdout) if proc.stdout.strip() else None
         except json.JSONDecodeError:
@@ -334,18 +333,22 @@ class Cni:
 
 @contextmanager
 def node_running(rec: Recorder, config: Path | None = None) -> Iterator[tuple[Node, Cni]]:
-    """Stand-in kubelet + daemon (serving the CNI socket) + the installed shim."""
+    """Stand-in kubelet + daemon (serving the CNI socket) + the installed CNI plugin."""
     BASE.mkdir(parents=True, exist_ok=True)
-    with rec.step("install the ehost-device CNI shim"):
-        shim = install_shim(BASE / "cni-bin", sys.executable)
-        rec.say(f"{shim}: {shim.read_text().splitlines()[0]}; it talks to {CNI_SOCKET}")
+    cni_bin = BASE / "cni-bin"
+    with rec.step(f"netdp install-cni --dest {cni_bin}"):
+        if netdp_main(["install-cni", "--dest", str(cni_bin)]) != 0:
+            raise RuntimeError("netdp install-cni failed")
+        plugin = cni_bin / PLUGIN_NAME
+        rec.fact("installed_plugin", {"path": str(plugin), "size": plugin.stat().st_size})
+        rec.say(f"{plugin} talks to {CNI_SOCKET}")
     kubelet = KubeletStandIn(PLUGIN_DIR)
     node = Node(rec, kubelet, config=config)
     with rec.step(f"kubelet stand-in on {kubelet.socket_path}; start netdp"):
         kubelet.start()
         node.start_daemon()
     try:
-        yield node, Cni(rec, shim, CNI_SOCKET)
+        yield node, Cni(rec, plugin, CNI_SOCKET)
     finally:
         try:
             if node.daemon is not None and node.daemon.proc.poll() is None:
