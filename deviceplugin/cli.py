@@ -187,7 +187,9 @@ async def _serve(
 
     metrics = Metrics()
     cni = CniServer(cni_socket, settings.sysfs_root) if cni_socket is not None else None
-    daemon = Daemon(config, settings, observer=metrics)
+    # The CNI side puts back NICs that lost calls stranded, before each scan.
+    repair = cni.executor.repair if cni is not None else None
+    daemon = Daemon(config, settings, observer=metrics, repair=repair)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -165,6 +165,12 @@ METRICS: tuple[MetricSpec, ...] = (
         ("result",),
         "Config reloads, by result (success; failure keeps the running config).",
     ),
+    MetricSpec(
+        "netdp_nic_repairs_total",
+        "counter",
+        (),
+        "NICs stranded by a lost CNI call that the daemon put back under their host names.",
+    ),
 )
 
 
@@ -220,6 +226,7 @@ class Metrics(DaemonObserver):
         self._events_received: Counter = m["netdp_events_received_total"]
         self._events_coalesced: Counter = m["netdp_events_coalesced_total"]
         self._config_reloads: Counter = m["netdp_config_reloads_total"]
+        self._nic_repairs: Counter = m["netdp_nic_repairs_total"]
 
         # Per-pool series with the pool as their only label.
         self._per_pool = (
@@ -254,6 +261,12 @@ class Metrics(DaemonObserver):
 
     def kubelet_restarted(self) -> None:
         self._kubelet_restarts.inc()
+
+    # ---- CNI server and node repair ----------------------------------------------------------
+    def nic_repaired(self, device: str, name: str) -> None:
+        """One counter, no labels: it exists at 0 from the start, so `increase()` sees the
+        first repair; which NIC it was is in the log."""
+        self._nic_repairs.inc()
 
     # ---- daemon ------------------------------------------------------------------------------
     def discovery_done(self, trigger: str, seconds: float, devices: int) -> None:

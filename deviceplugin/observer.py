@@ -53,3 +53,9 @@ class DaemonObserver:
 
     def preferred_allocation(self, resource: str, seconds: float) -> None:
         """A GetPreferredAllocation call was answered."""
+
+    def nic_repaired(self, device: str, name: str) -> None:
+        """A NIC stranded by a lost CNI call is back under its host name `name`.
+
+        `device` is its PCI address, or "" when it is not known.
+        """

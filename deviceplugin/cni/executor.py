@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from deviceplugin.api.constants import POD_RESOURCES_SOCKET
-from deviceplugin.cni import add, check, delete
+from deviceplugin.cni import add, check, delete, repair
 from deviceplugin.cni.ipam import PluginIpam
 from deviceplugin.cni.netlink import NetlinkNamespaces
 from deviceplugin.cni.ports import DeviceResolver, Ipam, Namespaces, Ports
@@ -125,6 +125,10 @@ class Executor:
             err = CniError(ERR_INTERNAL, "internal error in ehost-device", repr(exc))
             return Outcome(json.dumps(err.to_json(version)), 1)
         return Outcome(json.dumps(answer) if answer is not None else "", 0)
+
+    def repair(self) -> list[tuple[str, str]]:
+        """Put back the NICs lost calls left marked on the host: (device, name) of each."""
+        return [(r.device, r.name) for r in repair.repair_stranded(self.ports)]
 
     def _dispatch(self, request: CniRequest) -> dict[str, Any] | None:
         if request.command == "VERSION":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -561,6 +562,60 @@ def test_daemon_dies_mid_add(lab: Lab) -> None:
         d.stop()
     assert_untouched(lab, name, before)
     assert (lab.tmp / "ipam-dels").read_text() == "DEL\n"
+
+
+def test_daemon_down_between_add_and_del(lab: Lab) -> None:
+    """Nothing is lost while the daemon is away: its DEL is refused with "try again
+    later", the pod's namespace goes (the kernel hands the NIC back under its pod
+    name), and the restarted daemon puts the NIC home before the retried DEL comes,
+    which then releases the lease."""
+    pci, name = lab.nic()
+    before = lab.node_link(name)
+    pod = lab.netns("pod")
+    conf = lab.conf(deviceID=pci, mtu=1400)
+    d = Daemon(lab)
+    try:
+        assert lab.run("ADD", conf, pod)[0] == 0
+    finally:
+        d.kill()
+    code, out, _ = lab.run("DEL", conf, pod)
+    assert code == 1 and out["code"] == 11, out
+    assert reservations(lab) == ["10.77.0.2"]  # kept until a DEL succeeds
+    lab.fake.move_netdev_out(pci)
+    _kernel_returns_device(lab, pod, "net1", pci)
+    assert lab.node_link("net1")["mtu"] == 1400
+    d = Daemon(lab)
+    try:
+        event = d.wait_event("nic_repaired")
+        assert (event["device"], event["netdev"], event["name"]) == (pci, "net1", name)
+        assert_untouched(lab, name, before)
+        code, out, err = lab.run("DEL", conf, pod)
+        assert (code, out) == (0, None), err
+    finally:
+        d.stop()
+    assert_untouched(lab, name, before)
+    assert reservations(lab) == []
+
+
+def test_rescan_repairs_too(lab: Lab) -> None:
+    """A NIC stranded while the daemon runs is put home by the next rescan (here SIGHUP)."""
+    pci, name = lab.nic()
+    before = lab.node_link(name)
+    pod = lab.netns("pod")
+    ifname = f"p{lab.suffix}"
+    d = Daemon(lab)
+    try:
+        d.wait_event("discovery_done")
+        assert lab.run("ADD", lab.conf(deviceID=pci, ipam=False), pod, ifname=ifname)[0] == 0
+        lab.fake.move_netdev_out(pci)
+        _kernel_returns_device(lab, pod, ifname, pci)
+        assert d.events("nic_repaired") == []
+        d.proc.send_signal(signal.SIGHUP)
+        event = d.wait_event("nic_repaired")
+        assert (event["device"], event["netdev"], event["name"]) == (pci, ifname, name)
+    finally:
+        d.stop()
+    assert_untouched(lab, name, before)
 
 
 # ------------------------------------------------------------------ installation

@@ -553,6 +553,51 @@ def scenario_restart(rec: Recorder) -> None:
             rec.fact("final", snapshot_fact(final))
 
 
+def scenario_repair(rec: Recorder) -> None:
+    """netdp is killed between a pod's ADD and DEL and the pod's namespace goes: the
+    kernel hands the virtio NIC back under its pod name, the restarted daemon puts it
+    home, and the retried DEL releases the lease."""
+    with rec.step("node set-up"):
+        before = host_netdevs()
+        ip_batch([*uplink_commands(), "netns add pod-a"])
+        rec.fact("host_netdevs_before", before)
+    with node_running(rec) as (node, cni):
+        with rec.step("registration; pod-a gets one NIC"):
+            conn, snap = node.registered(VIRT)
+            (pci,) = conn.preferred(sorted(snap.devices), [], 1)
+            conn.allocate([pci])
+            cni.add("pod-a", pci)
+            rec.fact("in_pod", pci)
+            rec.fact("host_netdevs_with_pod", host_netdevs())
+        with rec.step("SIGKILL netdp; the runtime's DEL gets 'try again later'"):
+            assert node.daemon is not None
+            node.daemon.kill()
+            node.save_daemon_log()
+            code, answer, _ = cni.call("DEL", "pod-a", pci)
+            rec.fact("del_without_daemon", {"rc": code, "answer": answer})
+        with rec.step("ip netns del pod-a: the kernel hands the NIC back as net1"):
+            run("ip", "netns", "del", "pod-a")
+            wait_for("net1 on the host", lambda: (SYS_NET / "net1").exists(), CHANGE_TIMEOUT_S)
+            returned = host_netdevs()
+            rec.fact("host_netdevs_returned", returned)
+            rec.fact("returned_alias", (SYS_NET / "net1" / "ifalias").read_text().strip())
+            rec.say(f"host netdevs now: {returned}")
+        with rec.step("restart netdp: it puts the NIC home under its own name"):
+            daemon = node.start_daemon()
+            event = daemon.wait_event("nic_repaired", timeout=REGISTER_TIMEOUT_S)
+            rec.fact("repair_event", {k: event.get(k) for k in ("device", "netdev", "name")})
+            repaired = host_netdevs()
+            rec.fact("host_netdevs_repaired", repaired)
+            name = next(n for n, p in repaired.items() if p == pci)
+            rec.fact("repaired_alias", (SYS_NET / name / "ifalias").read_text().strip())
+            rec.fact("repairs_metric", wait_metric("netdp_nic_repairs_total", "", 1.0, 30))
+            rec.say(f"host netdevs now: {repaired}")
+        with rec.step("the runtime's retried DEL succeeds and releases the lease"):
+            rec.fact("del_after_repair", cni.delete("pod-a", pci))
+            leases = BASE / "ipam" / "lab-net"
+            rec.fact("leases_left", sorted(p.name for p in leases.iterdir() if p.name[0].isdigit()))
+
+
 def scenario_health(rec: Recorder) -> None:
     """Carrier loss from the QEMU side (QMP set_link) turns a NIC Unhealthy, and back."""
     with rec.step("node set-up"):
@@ -688,6 +733,7 @@ def scenario_sriov(rec: Recorder) -> None:
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "virtio": scenario_virtio,
     "restart": scenario_restart,
+    "repair": scenario_repair,
     "health": scenario_health,
     "sriov": scenario_sriov,
 }
