@@ -166,7 +166,7 @@ def run_netdp(*args: str, netns: str | None = None) -> subprocess.CompletedProce
 def in_netns(name: str) -> Iterator[None]:
     """Run the calling thread inside namespace `name` (sockets made here stay there),
     with the executor's own `setns` wrapper; back in its own namespace on the way out."""
-    from deviceplugin.cni.netlink import inside_netns  # pyroute2 only for the tests that need it
+    from deviceplugin.cni.netlink import inside_netns  # ctypes setns, for the tests that need it
 
     with open(f"/run/netns/{name}", "rb") as ns, inside_netns(ns.fileno()):
         yield

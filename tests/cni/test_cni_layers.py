@@ -32,6 +32,7 @@ ALLOWED = {
 ADAPTERS = (
     "pyroute2",
     "deviceplugin.cni.netlink",
+    "deviceplugin.cni.rtnetlink",
     "deviceplugin.cni.ipam",
     "deviceplugin.cni.sysfs_devices",
     "deviceplugin.cni.executor",
