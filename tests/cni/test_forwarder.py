@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -217,6 +218,26 @@ def test_config_over_16_mib_is_refused_before_connecting(
     # Exactly 16 MiB still goes through.
     code, out = run(forwarder, sock_path, stdin=b" " * wire.MAX_STDIN)
     assert (code, out, d.connections) == (0, b"", 1)
+
+
+def test_unreadable_config_is_an_io_error(forwarder: Path, sock_path: Path, tmp_path: Path) -> None:
+    fd = os.open(tmp_path, os.O_RDONLY)  # read() on a directory: EISDIR
+    try:
+        proc = subprocess.run(
+            [str(forwarder)],
+            stdin=fd,
+            env={"CNI_COMMAND": "ADD", "NETDP_CNI_SOCKET": str(sock_path)},
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1
+    doc = cni_error(5, proc.stdout)
+    assert (doc["msg"], doc["details"]) == (
+        "could not read the network config on stdin",
+        "Is a directory",
+    )
 
 
 def test_timeout_setting_is_checked(forwarder: Path, sock_path: Path) -> None:

@@ -11,7 +11,7 @@
  * It answers by itself only what needs no daemon:
  *   - VERSION;
  *   - a bad call: CNI_COMMAND missing or unknown (CNI error 4), a network
- *     config over 16 MiB (error 7);
+ *     config over 16 MiB (error 7) or one that cannot be read (error 5);
  *   - a daemon that is not reachable, breaks off, answers garbage or does not
  *     answer in time: error 11, "try again later". The runtime retries the
  *     call (a DEL until it succeeds), and the daemon, once back, returns any
@@ -62,6 +62,7 @@ extern char **environ;
 
 /* CNI error codes of the spec. */
 #define ERR_INVALID_ENV 4
+#define ERR_IO 5
 #define ERR_INVALID_CONFIG 7
 #define ERR_TRY_AGAIN 11
 
@@ -603,7 +604,7 @@ int main(void)
 		return answer_error(ERR_INVALID_CONFIG, "", "the network config on stdin is over 16 MiB",
 				    NULL);
 	if (stdin_state < 0)
-		return answer_error(ERR_INVALID_CONFIG, describe(stdin_errno),
+		return answer_error(ERR_IO, describe(stdin_errno),
 				    "could not read the network config on stdin", NULL);
 	if (strcmp(command, "VERSION") == 0) {
 		write_all(STDOUT_FILENO, VERSION_ANSWER, sizeof VERSION_ANSWER - 1);
