@@ -18,7 +18,17 @@ from helpers import elf_facts
 
 from deviceplugin.cli import main as netdp_main
 from deviceplugin.cni import install
-from deviceplugin.cni.forwarder_build import PACKAGE_PATH
+from deviceplugin.cni.forwarder_build import PACKAGE_PATH, SOURCE, find_compiler
+
+# Everything the forwarder asks of libc: system calls and string functions.
+# Not NSS (getpwnam, getaddrinfo), not dlopen, not locale or stdio, which in a
+# static glibc would look for files on the node at run time.
+LIBC_CALLS = {
+    "__errno_location", "clock_gettime", "close", "connect", "environ", "free", "getenv",
+    "getsockopt", "memchr", "memcpy", "memset", "nanosleep", "poll", "read", "realloc",
+    "recv", "send", "shutdown", "sigaction", "socket", "strcmp", "strerror",
+    "strerrordesc_np", "strlen", "strncmp", "write", "__stack_chk_fail",
+}  # fmt: skip
 
 
 def test_install_prints_what_it_installed(
@@ -105,3 +115,14 @@ def test_editable_install_builds_the_binary_in_place(project_copy: Path, tmp_pat
     in_place = project_copy / PACKAGE_PATH
     assert elf_facts(in_place.read_bytes())["interpreter"] is False
     assert os.access(in_place, os.X_OK)
+
+
+def test_forwarder_uses_nothing_of_libc_but_system_calls_and_strings(tmp_path: Path) -> None:
+    cc = find_compiler()
+    assert cc is not None, "no C compiler: scripts/test.sh installs gcc and libc6-dev"
+    obj = tmp_path / "ehost-device.o"
+    subprocess.run([*cc, "-std=c11", "-Os", "-c", "-o", str(obj), str(SOURCE)], check=True)
+    nm = shutil.which("nm") or "nm"
+    undefined = set(subprocess.run([nm, "-u", str(obj)], capture_output=True, text=True,
+                                   check=True).stdout.split()) - {"U"}  # fmt: skip
+    assert undefined and undefined <= LIBC_CALLS, undefined - LIBC_CALLS
