@@ -155,9 +155,9 @@ class Daemon:
         it is applied to, so no state ever pairs one config with another's pools.
         """
         async with self._scan_lock:
-            repaired = await asyncio.to_thread(self._repair_nics)
-            for device, name in repaired:
-                self.observer.nic_repaired(device, name)
+            if self._repair is not None:
+                for device, name in await asyncio.to_thread(self._repair_nics, self._repair):
+                    self.observer.nic_repaired(device, name)
             started = time.perf_counter()
             node, ifaces = await asyncio.to_thread(self._scan)
             seconds = time.perf_counter() - started
@@ -185,12 +185,11 @@ class Daemon:
     def _scan(self) -> tuple[NodeDevices, frozenset[str]]:
         return sysfs.scan(self.settings.sysfs_root), self._routes()
 
-    def _repair_nics(self) -> Sequence[tuple[str, str]]:
+    @staticmethod
+    def _repair_nics(repair: NicRepair) -> Sequence[tuple[str, str]]:
         """The CNI side's repair (it logs each NIC); its failure never stops a rescan."""
-        if self._repair is None:
-            return ()
         try:
-            return self._repair()
+            return repair()
         except Exception:
             log.exception("nic_repair_failed")
             return ()

@@ -15,6 +15,7 @@ failed move leaves it untouched. A kernel refusal becomes
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import ipaddress
 import os
@@ -89,18 +90,6 @@ def _refusals(method: Callable[P, R]) -> Callable[P, R]:
     return translated
 
 
-def _record(info: rtnl.LinkInfo, addresses: tuple[str, ...] = ()) -> Link:
-    return Link(
-        index=info.index,
-        name=info.name,
-        mac=info.mac,
-        alias=info.alias,
-        up=info.up,
-        mtu=info.mtu,
-        addresses=addresses,
-    )
-
-
 def broadcast_for(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> str | None:
     """The broadcast address Go's host-device leaves on an address, None for none.
 
@@ -138,19 +127,18 @@ class Namespace:
 
     @_refusals
     def links(self) -> list[Link]:
-        return [_record(info) for info in self.sock.links()]
+        return self.sock.links()
 
     @_refusals
     def link(self, name: str, with_addresses: bool = False) -> Link | None:
-        info = self.sock.link(name=name)
-        if info is None:
-            return None
-        return _record(info, tuple(self.sock.addresses(info.index)) if with_addresses else ())
+        link = self.sock.link(name=name)
+        if link is None or not with_addresses:
+            return link
+        return dataclasses.replace(link, addresses=tuple(self.sock.addresses(link.index)))
 
     @_refusals
     def link_by_index(self, index: int) -> Link | None:
-        info = self.sock.link(index=index)
-        return _record(info) if info is not None else None
+        return self.sock.link(index=index)
 
     @_refusals
     def set_up(self, index: int) -> None:

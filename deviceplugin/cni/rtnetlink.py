@@ -25,6 +25,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from deviceplugin.cni.ports import Link
+
 # linux/netlink.h
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -200,24 +202,13 @@ def _u32(payload: bytes | None) -> int | None:
     return _U32.unpack(payload[:4])[0] if payload and len(payload) >= 4 else None
 
 
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """The fields of an RTM_NEWLINK the CNI port reads."""
-
-    index: int
-    name: str
-    mac: str
-    alias: str
-    up: bool
-    mtu: int
-
-
-def link_of(body: bytes) -> LinkInfo:
+def link_of(body: bytes) -> Link:
+    """The fields of an RTM_NEWLINK the CNI port reads (no addresses: they are another dump)."""
     if len(body) < _IFINFOMSG.size:
         raise MalformedReply("short ifinfomsg")
     _, _, index, flags, _ = _IFINFOMSG.unpack_from(body)
     found = attrs(body, _IFINFOMSG.size)
-    return LinkInfo(
+    return Link(
         index=index,
         name=_text(found.get(IFLA_IFNAME)),
         mac=":".join(f"{b:02x}" for b in found.get(IFLA_ADDRESS, b"")),
@@ -335,7 +326,7 @@ class RtnlSocket:
     def change(self, msg_type: int, body: bytes, flags: int = 0) -> None:
         self.request(msg_type, NLM_F_ACK | flags, body)
 
-    def link(self, *, index: int = 0, name: str | None = None) -> LinkInfo | None:
+    def link(self, *, index: int = 0, name: str | None = None) -> Link | None:
         """One link by index or name; None when there is none."""
         if name is not None and len(name.encode()) >= IFNAMSIZ:
             return None  # no link has it; the kernel would refuse the request (ERANGE)
@@ -348,7 +339,7 @@ class RtnlSocket:
             raise
         return link_of(replies[0].body) if replies else None
 
-    def links(self) -> list[LinkInfo]:
+    def links(self) -> list[Link]:
         return [link_of(m.body) for m in self.request(RTM_GETLINK, NLM_F_DUMP, ifinfomsg())]
 
     def addresses(self, index: int) -> list[str]:

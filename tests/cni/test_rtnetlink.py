@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceplugin.cni import rtnetlink as rtnl
+from deviceplugin.cni.ports import Link
 from deviceplugin.routes import default_route_ifindexes
 
 
@@ -45,8 +46,8 @@ def test_link_round_trip() -> None:
             rtnl.attr(0x8000 | 99, b"nested flag set, unknown: skipped"),
         ]
     )
-    assert rtnl.link_of(body) == rtnl.LinkInfo(42, "ens5", "52:54:00:00:00:ab", "netdp:orig=ens5",
-                                               True, 9000)  # fmt: skip
+    assert rtnl.link_of(body) == Link(42, "ens5", "52:54:00:00:00:ab", "netdp:orig=ens5",
+                                      True, 9000)  # fmt: skip
 
 
 def test_address_and_route_bodies_decode_as_the_kernel_would_send_them() -> None:

@@ -139,7 +139,8 @@ static void put_json(const char *s)
 		put_raw("...");
 }
 
-static void put_uint(unsigned long long v)
+/* Decimal digits of `v` at `*at`, advancing it (no NUL). */
+static void append_uint(char **at, unsigned long long v)
 {
 	char digits[24];
 	int n = 0;
@@ -148,7 +149,15 @@ static void put_uint(unsigned long long v)
 		v /= 10;
 	} while (v);
 	while (n)
-		put_char(digits[--n]);
+		*(*at)++ = digits[--n];
+}
+
+static void put_uint(unsigned long long v)
+{
+	char digits[24], *end = digits;
+	append_uint(&end, v);
+	*end = '\0';
+	put_raw(digits);
 }
 
 /* Print {"cniVersion", "code", "msg", "details"}; `msg` is the concatenation of
@@ -225,18 +234,6 @@ static int append(struct buf *b, const char *data, size_t len, size_t limit)
 	memcpy(b->data + b->len, data, len);
 	b->len += len;
 	return 0;
-}
-
-static void append_uint(char **at, size_t v)
-{
-	char digits[24];
-	int n = 0;
-	do {
-		digits[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*(*at)++ = digits[--n];
 }
 
 /* ---------------------------------------------------------------- time */
