@@ -632,7 +632,19 @@ def test_final_stage_only_copies_the_venv() -> None:
         assert f"org.opencontainers.image.{key}=" in labels
 
 
+def test_image_builds_and_ships_the_forwarder() -> None:
+    """The build stage has a compiler and static libc, builds with setup.py (which compiles
+    ehost-device) and fails unless `install-cni` finds the binary; the venv it copies
+    carries it."""
+    build, _ = dockerfile_stages()
+    steps = " ".join(build)
+    assert re.search(r"apt-get install [^&]*\bgcc\b[^&]*\blibc6-dev\b", steps), steps
+    assert "COPY pyproject.toml setup.py README.md ./" in build
+    assert re.search(r"pip install [^&]*--no-build-isolation \.\s+&&\s+\S*netdp install-cni", steps)
+
+
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
     rules = (REPO / ".dockerignore").read_text().split()
     assert "*" in rules
     assert {"!pyproject.toml", "!setup.py", "!README.md", "!deviceplugin/"} <= set(rules)
+    assert rules[-1] == "deviceplugin/cni/forwarder/ehost-device"  # built in place: not shipped
