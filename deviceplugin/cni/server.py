@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 import structlog
@@ -33,33 +34,35 @@ SOCKET_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def secure_socket_dir(directory: Path) -> None:
+def secure_socket_dir(directory: Path, netdp_files: Collection[str]) -> None:
     """Make `directory` (created if missing) enterable by its owner only, which must be us.
 
-    An existing directory is tightened to 0700 when it is ours (a hostPath
-    volume arrives as 0755); one owned by someone else, or with the sticky
-    bit of a shared directory like /tmp, is refused: others could replace
-    the socket there. `OSError` names the directory and the problem.
+    A directory already closed to others is fine. One open to others is
+    tightened to 0700 only when it is ours and holds nothing but netdp's own
+    `netdp_files` (a hostPath volume arrives empty and 0755); anything else
+    (another owner, the sticky bit of /tmp, other files as in /run) is a
+    shared directory, which netdp will neither use nor lock others out of.
+    `OSError` names the directory and the problem.
     """
     directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     info = directory.stat()
+    mode = stat.S_IMODE(info.st_mode)
     if info.st_uid != os.geteuid():
         raise PermissionError(
             f"CNI socket directory {directory} belongs to uid {info.st_uid}, not to netdp "
             f"(uid {os.geteuid()}): give the socket a directory of its own"
         )
-    if info.st_mode & stat.S_ISVTX:
+    if not mode & 0o077:
+        return
+    others = sorted(set(os.listdir(directory)) - set(netdp_files))
+    if info.st_mode & stat.S_ISVTX or others:
+        what = "has the sticky bit" if info.st_mode & stat.S_ISVTX else f"holds {others[:3]}"
         raise PermissionError(
-            f"CNI socket directory {directory} is a shared directory (sticky bit): "
-            "give the socket a directory of its own"
+            f"CNI socket directory {directory} is shared ({what}, mode {mode:o}) and netdp "
+            "makes its socket's directory root-only: give the socket a directory of its own"
         )
-    if stat.S_IMODE(info.st_mode) != DIR_MODE:
-        os.chmod(directory, DIR_MODE)
-        log.info(
-            "cni_socket_dir_tightened",
-            directory=str(directory),
-            mode=f"{stat.S_IMODE(info.st_mode):o}",
-        )
+    os.chmod(directory, DIR_MODE)
+    log.info("cni_socket_dir_tightened", directory=str(directory), mode=f"{mode:o}")
 
 
 class CniServer:
@@ -91,7 +94,9 @@ class CniServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        secure_socket_dir(self.socket_path.parent)
+        directory, lock_dir = self.socket_path.parent, self.executor.settings.lock_dir
+        own = {self.socket_path.name} | ({lock_dir.name} if lock_dir.parent == directory else set())
+        secure_socket_dir(directory, own)
         # A socket file left by a dead daemon would make bind fail.
         self.socket_path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))

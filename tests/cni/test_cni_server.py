@@ -99,15 +99,31 @@ def test_socket_is_root_only_in_a_root_only_directory(tmp_path: Path) -> None:
 def test_shared_or_foreign_directory_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shared = tmp_path / "shared"
+    """Never tightened: a directory others use (sticky like /tmp, or holding other
+    files like /run), or one that is not ours; a root-only one is used as it is."""
+    shared = tmp_path / "tmp"
     shared.mkdir()
-    os.chmod(shared, 0o1777)  # like /tmp
+    os.chmod(shared, 0o1777)
     with pytest.raises(PermissionError, match="sticky bit"):
-        secure_socket_dir(shared)
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777  # left alone
+        secure_socket_dir(shared, {"cni.sock"})
+    run = tmp_path / "run"
+    (run / "lock").mkdir(parents=True)
+    os.chmod(run, 0o755)
+    with pytest.raises(PermissionError, match=r"holds \['lock'\]"):
+        secure_socket_dir(run, {"cni.sock", "cni-locks"})
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (shared, run)] == [0o1777, 0o755]
+
+    os.chmod(run, 0o700)
+    secure_socket_dir(run, {"cni.sock"})  # closed to others already: whatever it holds
+
+    ours = tmp_path / "netdp"
+    (ours / "cni-locks").mkdir(parents=True)
+    os.chmod(ours, 0o755)
+    secure_socket_dir(ours, {"cni.sock", "cni-locks"})
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700
 
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o755)
     monkeypatch.setattr(server_module.os, "geteuid", lambda: os.getuid() + 4242)
     with pytest.raises(PermissionError, match="belongs to uid"):
-        secure_socket_dir(foreign)
+        secure_socket_dir(foreign, {"cni.sock"})

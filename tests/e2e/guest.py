@@ -54,7 +54,7 @@ from deviceplugin.survey import survey
 VIRT = "kernel.org/virt"
 SRIOV = "kernel.org/sriov"
 BASE = Path("/run/netdp-e2e")
-CNI_SOCKET = BASE / "cni.sock"
+CNI_SOCKET = BASE / "netdp" / "cni.sock"  # a directory of its own, as /run/netdp on a node
 PLUGIN_DIR = BASE / "device-plugins"
 METRICS = "127.0.0.1:9477"
 SYS_NET = Path("/sys/class/net")
