@@ -1,10 +1,11 @@
-# netdp: the device plugin daemon, `netdp install-cni` and the ehost-device CNI shim.
+# netdp: the device plugin daemon, `netdp install-cni` and the static ehost-device CNI plugin.
 #
 #   podman build -t netdp:0.1.0 .        (or docker build)
 #   kubectl apply -k daemonset/          (see docs/operations.md)
 #
-# The build stage makes a self-contained venv; the final stage only copies it, so
-# no compiler, pip cache, setuptools or source tree reaches the image. Every
+# The build stage makes a self-contained venv, with the ehost-device binary that
+# setup.py compiles (static, libc only) inside the package; the final stage only
+# copies it, so no compiler, pip cache, setuptools or source tree reaches the image. Every
 # Python package is pinned here; tests/test_deploy.py checks the pins against
 # pyproject.toml's ranges and that hadolint finds nothing.
 
@@ -15,6 +16,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
+# A C compiler and a static libc for the ehost-device binary. Not pinned: the
+# base image's Debian release fixes their versions, and the binary is checked below.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 # Dependencies first: this layer stays cached while only our code changes.
 # --no-deps + `pip check` makes the pin list complete or the build fails.
 RUN python -m venv /opt/netdp \
@@ -34,11 +41,14 @@ RUN python -m venv /opt/netdp \
       structlog==26.1.0 \
       typing-extensions==4.15.0 \
       typing-inspection==0.4.2
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY deviceplugin ./deviceplugin
 # Build with the pinned setuptools (no isolated build env fetching another),
-# then drop the build tools from the venv that the final stage copies.
+# check that the binary was built and installs, then drop the build tools from
+# the venv that the final stage copies.
 RUN /opt/netdp/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/netdp/bin/netdp install-cni --dest /tmp/cni-check \
+ && rm -r /tmp/cni-check \
  && /opt/netdp/bin/pip check \
  && /opt/netdp/bin/pip uninstall --yes setuptools pip \
  && /opt/netdp/bin/python -m compileall -q /opt/netdp/lib \

@@ -1,21 +1,24 @@
-"""ADD and DEL whole-process latency: ehost-device (daemon, in-process) beside Go host-device.
+"""ADD, DEL and VERSION whole-process latency: ehost-device beside Go host-device.
 
-Each cycle runs ADD then DEL for every plugin in turn on the same veth-backed
-"NIC", the same pod namespace and the same host-local config (each with its
-own data dir), so drift on the machine hits all of them alike. Latency is the
-wall time of the plugin process as a runtime sees it (fork, exec, answer).
+Each cycle runs ADD, DEL and VERSION for both plugins in turn on the same
+veth-backed "NIC", the same pod namespace and the same host-local config
+(each with its own data dir), so drift on the machine hits both alike.
+Latency is the wall time of the plugin process as a runtime sees it (fork,
+exec, answer). ehost-device is installed with `netdp install-cni` and
+forwards to a `netdp run` started here.
 
 The machine's own namespace is never used: the script makes a throwaway
 "node" namespace holding the NIC (its peer in a second one) and a pod
 namespace, then runs its measuring half as a process of the node (`ip netns
-exec`), so the daemon, the shim and Go's host-device all treat the node as
+exec`), so the daemon, ehost-device and Go's host-device all treat the node as
 their host and see its links in /sys/class/net, while each timed call stays a
 plain fork and exec, with no namespace switch in it.
 
     sudo python benchmarks/bench_cni.py [--cycles 200]
 
 Needs root, iproute2 and Debian's containernetworking-plugins in /usr/lib/cni.
-Prints a markdown table; nothing here is a CI gate.
+Prints a markdown table and the machine's load (`uptime`: the machine may be
+shared); nothing here is a CI gate.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from pathlib import Path
 
 from common import REPO, quantile, sh  # first: it puts the repo on sys.path
 
-from deviceplugin.cni.install import install_shim
+from deviceplugin.cni.forwarder_build import ensure_in_place
+from deviceplugin.cni.install import install_forwarder
 from deviceplugin.sim.fakesysfs import FakeSysfs, tmpfs_tempdir
 
 SCRIPT = Path(__file__).resolve()
@@ -83,7 +87,7 @@ class Bench:
         self.socket = tmp / "cni.sock"
         self.daemon: subprocess.Popen[bytes] | None = None
         FakeSysfs(self.sysfs).add_virtio_nic(PCI, self.nic)
-        self.shim = install_shim(tmp / "bin")
+        self.plugin = install_forwarder(tmp / "bin").path
 
     def start_daemon(self) -> None:
         self.daemon = subprocess.Popen(
@@ -139,17 +143,14 @@ class Bench:
         ).encode()
 
     def call(self, plugin: str, command: str) -> float:
-        binary = f"{CNI_BIN}/host-device" if plugin == "host-device" else str(self.shim)
-        sock = str(self.socket) if plugin == "ehost-device daemon" else str(self.tmp / "none.sock")
+        binary = f"{CNI_BIN}/host-device" if plugin == "host-device" else str(self.plugin)
         env = {
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": "bench",
             "CNI_NETNS": f"/run/netns/{self.pod}",
             "CNI_IFNAME": "net1",
             "CNI_PATH": CNI_BIN,
-            "NETDP_CNI_SOCKET": sock,
-            "NETDP_SYSFS_ROOT": str(self.sysfs),
-            "NETDP_CNI_LOCK_DIR": str(self.tmp / "locks"),
+            "NETDP_CNI_SOCKET": str(self.socket),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
         start = time.perf_counter()
@@ -165,11 +166,12 @@ class Bench:
             self.daemon.wait(timeout=10)
 
 
-PLUGINS = ("host-device", "ehost-device daemon", "ehost-device in-process")
+PLUGINS = ("host-device", "ehost-device")
+COMMANDS = ("ADD", "DEL", "VERSION")
 
 
 def run(cycles: int, tmp: Path, nic: str, pod: str) -> dict[str, dict[str, list[float]]]:
-    samples = {p: {"ADD": [], "DEL": [], "VERSION": []} for p in PLUGINS}
+    samples: dict[str, dict[str, list[float]]] = {p: {c: [] for c in COMMANDS} for p in PLUGINS}
     bench = Bench(tmp, nic, pod)
     try:
         bench.start_daemon()
@@ -178,32 +180,33 @@ def run(cycles: int, tmp: Path, nic: str, pod: str) -> dict[str, dict[str, list[
             bench.call(plugin, "DEL")
         for _ in range(cycles):
             for plugin in PLUGINS:
-                samples[plugin]["ADD"].append(bench.call(plugin, "ADD"))
-                samples[plugin]["DEL"].append(bench.call(plugin, "DEL"))
-                samples[plugin]["VERSION"].append(bench.call(plugin, "VERSION"))
+                for command in COMMANDS:
+                    samples[plugin][command].append(bench.call(plugin, command))
     finally:
         bench.close()
     return samples
 
 
 def table(samples: dict[str, dict[str, list[float]]], cycles: int) -> str:
-    go = {c: statistics.median(samples["host-device"][c]) for c in ("ADD", "DEL")}
+    go = samples["host-device"]
     lines = [
-        f"ADD+DEL whole-process latency, {cycles} cycles, host-local IPAM, ms",
-        "(VERSION: the cost of starting the plugin process and answering, no device work)",
+        f"Whole-process latency, {cycles} interleaved cycles, host-local IPAM, ms",
+        "(VERSION: starting the plugin process and answering, no device work)",
         "",
-        "| plugin | ADD median | ADD p90 | DEL median | DEL p90 | ADD / Go | DEL / Go "
-        "| VERSION median |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| plugin | command | median | p95 | median / Go | p95 / Go |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for plugin in PLUGINS:
-        add, dele = samples[plugin]["ADD"], samples[plugin]["DEL"]
-        add_med, del_med = statistics.median(add), statistics.median(dele)
-        lines.append(
-            f"| {plugin} | {add_med:.1f} | {quantile(add, 0.9):.1f} | {del_med:.1f} | "
-            f"{quantile(dele, 0.9):.1f} | {add_med / go['ADD']:.2f}x | {del_med / go['DEL']:.2f}x "
-            f"| {statistics.median(samples[plugin]['VERSION']):.1f} |"
-        )
+        for command in COMMANDS:
+            values = samples[plugin][command]
+            med, p95 = statistics.median(values), quantile(values, 0.95)
+            go_med, go_p95 = statistics.median(go[command]), quantile(go[command], 0.95)
+            lines.append(
+                f"| {plugin} | {command} | {med:.2f} | {p95:.2f} | "
+                f"{med / go_med:.2f}x | {p95 / go_p95:.2f}x |"
+            )
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    lines += ["", f"load (uptime, after the run): {load}"]
     return "\n".join(lines)
 
 
@@ -219,6 +222,7 @@ def main() -> None:
         return
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
+    ensure_in_place()  # this checkout's ehost-device binary, rebuilt if its source is newer
     with tmpfs_tempdir("ndpc-") as tmp:
         lab = Lab()
         try:

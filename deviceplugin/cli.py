@@ -40,7 +40,7 @@ def _env_default(flag: str, default: str | None) -> str | None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from deviceplugin.api.constants import DEVICE_PLUGIN_DIR
-    from deviceplugin.cni.shim import DEFAULT_SOCKET as CNI_SOCKET
+    from deviceplugin.cni.wire import DEFAULT_SOCKET as CNI_SOCKET
     from deviceplugin.devinfo import DEFAULT_DEVINFO_DIR
     from deviceplugin.listen_address import DEFAULT_ADDRESS
 
@@ -61,7 +61,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         DEFAULT_ADDRESS,
         "/metrics, /healthz, /readyz listen address; '0' disables",
     )
-    flag("cni-socket", CNI_SOCKET, "socket the ehost-device shim talks to; '' disables")
+    flag("cni-socket", CNI_SOCKET, "socket the ehost-device forwarder talks to; '' disables")
     _add_watch_flags(p)
 
 
@@ -117,15 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
 
     inst = sub.add_parser(
-        "install-cni", help="install the ehost-device CNI shim (DaemonSet init container)"
+        "install-cni",
+        help="install the static ehost-device CNI plugin (DaemonSet init container)",
     )
     inst.add_argument("--dest", type=Path, default=Path("/opt/cni/bin"))
-    inst.add_argument(
-        "--python",
-        default=None,
-        help="interpreter path for the shim's #! line, as the node sees it "
-        "(default: this interpreter, resolved)",
-    )
 
     demo = sub.add_parser(
         "demo", help="run the daemon on a fake virtio lab against a built-in kubelet stand-in"
@@ -184,7 +179,14 @@ async def _serve(
     from deviceplugin.metrics import Metrics
 
     metrics = Metrics()
-    daemon = Daemon(config, settings, observer=metrics)
+    cni = (
+        CniServer(cni_socket, settings.sysfs_root, observer=metrics)
+        if cni_socket is not None
+        else None
+    )
+    # The CNI side puts back NICs that lost calls stranded, before each scan.
+    repair = cni.executor.repair if cni is not None else None
+    daemon = Daemon(config, settings, observer=metrics, repair=repair)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -202,8 +204,8 @@ async def _serve(
                     ready=lambda: readiness(daemon.registration_status()),
                 )
             )
-        if cni_socket is not None:
-            side.append(CniServer(cni_socket, settings.sysfs_root, observer=metrics))
+        if cni is not None:
+            side.append(cni)
         for server in side:
             await server.start()
         run = asyncio.create_task(daemon.run(stop), name="daemon")
@@ -319,14 +321,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_install_cni(args: argparse.Namespace) -> int:
-    from deviceplugin.cni.install import install_shim
+    from deviceplugin.cni.install import NoForwarder, install_forwarder
 
     try:
-        path = install_shim(args.dest, python=args.python)
-    except (OSError, ValueError) as exc:
+        installed = install_forwarder(args.dest)
+    except (OSError, NoForwarder) as exc:
         print(f"netdp: install-cni: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    print(f"installed {path}")
+    print(installed.describe())
     return EXIT_OK
 
 

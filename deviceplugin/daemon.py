@@ -9,6 +9,10 @@ one, starts or stops the pools that came or went, and pushes state only to
 pools that changed; their servers tell the kubelet only what it can see.
 Every device change is logged once, with its pool.
 
+Before each scan, the daemon's CNI side puts back NICs that a lost CNI
+call left stranded (`repair`, see `cni/repair.py`), so the scan sees them
+under their own names.
+
 The daemon reports what metrics need through a `DaemonObserver`
 (`observer.py`), so it knows nothing about Prometheus.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -40,6 +44,9 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 0.5
 DEFAULT_RESCAN_INTERVAL_S = 30.0
+
+# Puts back stranded NICs, blocking; returns (PCI address or "", host name) of each.
+NicRepair = Callable[[], Sequence[tuple[str, str]]]
 
 
 class WatchMode(StrEnum):
@@ -71,11 +78,13 @@ class Daemon:
         *,
         routes: Callable[[], frozenset[str]] = default_route_interfaces,
         observer: DaemonObserver | None = None,
+        repair: NicRepair | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
         self.observer = observer or DaemonObserver()
         self._routes = routes
+        self._repair = repair
         self.servers: dict[str, PoolServer] = {}
         self.placement: diff.Placement | None = None  # the last scan, for link changes
         self.state: diff.NodeState | None = None
@@ -146,6 +155,9 @@ class Daemon:
         it is applied to, so no state ever pairs one config with another's pools.
         """
         async with self._scan_lock:
+            if self._repair is not None:
+                for device, name in await asyncio.to_thread(self._repair_nics, self._repair):
+                    self.observer.nic_repaired(device, name)
             started = time.perf_counter()
             node, ifaces = await asyncio.to_thread(self._scan)
             seconds = time.perf_counter() - started
@@ -172,6 +184,15 @@ class Daemon:
 
     def _scan(self) -> tuple[NodeDevices, frozenset[str]]:
         return sysfs.scan(self.settings.sysfs_root), self._routes()
+
+    @staticmethod
+    def _repair_nics(repair: NicRepair) -> Sequence[tuple[str, str]]:
+        """The CNI side's repair (it logs each NIC); its failure never stops a rescan."""
+        try:
+            return repair()
+        except Exception:
+            log.exception("nic_repair_failed")
+            return ()
 
     async def relink(self) -> list[str]:
         """New verdicts from the last scan and the current link states; no sysfs read."""

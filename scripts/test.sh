@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine: installs what the tests need
-# (Debian's CNI plugins, iproute2 and Prometheus as root, the Python package
-# with its test extras), checks that kubectl is there, checks lint, then runs
-# pytest. Extra arguments go to pytest.
+# (Debian's CNI plugins, iproute2, Prometheus, and gcc with a static libc for the
+# ehost-device binary, as root; the Python package with its test extras, which
+# builds that binary in place), checks that kubectl is there, checks lint, then
+# runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,9 @@ if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   # prometheus and promtool: the alert rules' tests and a real scrape of the daemon.
   { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
+  command -v gcc >/dev/null 2>&1 || need+=(gcc)
+  # libc.a: what `gcc -static` links (Debian's libc6-dev)
+  [ -n "$(gcc -print-file-name=libc.a 2>/dev/null | grep /)" ] || need+=(libc6-dev)
   if [ ${#need[@]} -gt 0 ]; then
     echo "installing Debian packages: ${need[*]}"
     # The tests start their own Prometheus on loopback and stop it: keep the

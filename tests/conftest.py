@@ -9,6 +9,7 @@ import pytest
 from helpers import DaemonProcess, Node
 
 from deviceplugin import logs
+from deviceplugin.cni.forwarder_build import ensure_in_place
 from deviceplugin.sim.fakesysfs import tmpfs_tempdir
 from deviceplugin.sim.kubelet import KubeletStandIn
 
@@ -45,3 +46,9 @@ def daemons() -> Iterator[list[DaemonProcess]]:
     for d in started:
         d.kill()
         print(f"--- daemon log ({' '.join(d.command)}):\n{d.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def forwarder() -> Path:
+    """This checkout's ehost-device binary, rebuilt (warnings fatal) if its C source is newer."""
+    return ensure_in_place(("-Werror",))

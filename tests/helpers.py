@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -216,7 +217,7 @@ def run_netdp(*args: str, netns: str | None = None) -> subprocess.CompletedProce
 def in_netns(name: str) -> Iterator[None]:
     """Run the calling thread inside namespace `name` (sockets made here stay there),
     with the executor's own `setns` wrapper; back in its own namespace on the way out."""
-    from deviceplugin.cni.netlink import inside_netns  # pyroute2 only for the tests that need it
+    from deviceplugin.cni.netlink import inside_netns  # ctypes setns, for the tests that need it
 
     with open(f"/run/netns/{name}", "rb") as ns, inside_netns(ns.fileno()):
         yield
@@ -257,3 +258,23 @@ def load_script(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+PT_DYNAMIC, PT_INTERP = 2, 3
+
+
+def elf_facts(data: bytes) -> dict[str, object]:
+    """What makes an ELF file static, read from its header and program headers by hand:
+    its type (EXEC or DYN) and whether it names a program interpreter or has a dynamic
+    section (a static executable has neither)."""
+    assert data[:4] == b"\x7fELF", "not an ELF file"
+    assert data[4:6] == b"\x02\x01", "not a 64-bit little-endian ELF file"
+    (e_type,) = struct.unpack_from("<H", data, 16)
+    (phoff,) = struct.unpack_from("<Q", data, 32)
+    phentsize, phnum = struct.unpack_from("<HH", data, 54)
+    types = {struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)}
+    return {
+        "type": {2: "EXEC", 3: "DYN"}.get(e_type, str(e_type)),
+        "interpreter": PT_INTERP in types,
+        "dynamic": PT_DYNAMIC in types,
+    }

@@ -40,7 +40,7 @@ from deviceplugin import __version__
 from deviceplugin.api.constants import POD_RESOURCES_SOCKET
 from deviceplugin.cli import build_parser
 from deviceplugin.cli import main as netdp_main
-from deviceplugin.cni import shim
+from deviceplugin.cni import wire
 from deviceplugin.cni.executor import DEFAULT_LOCK_DIR
 from deviceplugin.cni.types import parse_request
 from deviceplugin.config import Config, default_config, parse_config
@@ -481,7 +481,7 @@ def test_daemon_defaults_are_mounted(
     writable = {
         "device-plugin path": args.device_plugin_path,
         "device-info dir": args.devinfo_dir,
-        "CNI socket (shim default)": shim.DEFAULT_SOCKET,
+        "CNI socket (the forwarder's default)": wire.DEFAULT_SOCKET,
         "CNI lock dir": DEFAULT_LOCK_DIR,
     }
     readable = {
@@ -502,7 +502,7 @@ def test_cni_socket_flag_default_is_mounted_writable(
     ds = one(rendered, "DaemonSet")
     c = container(ds, "netdp")
     socket = run_args(c, monkeypatch).cni_socket
-    assert socket == shim.DEFAULT_SOCKET  # the shim on the node dials the default
+    assert socket == wire.DEFAULT_SOCKET  # the forwarder on the node dials the default
     found = covering_mount(mounts(ds, c), socket)
     assert found is not None and not found[0].get("readOnly", False)
 
@@ -554,15 +554,14 @@ def test_run_command_and_env_are_known_to_the_cli(
     assert run_args(c, monkeypatch).log_format == "json"
 
 
-def test_init_container_installs_the_cni_shim_where_the_runtime_looks(
+def test_init_container_installs_the_cni_plugin_where_the_runtime_looks(
     rendered: list[dict[str, Any]],
 ) -> None:
     ds = one(rendered, "DaemonSet")
     init = container(ds, "install-cni", init=True)
     assert init["command"][0] == "netdp"
     args = build_parser().parse_args(init["command"][1:])
-    # The shim's shebang must name the node's interpreter, not this image's venv.
-    assert args.python == "/usr/bin/python3"
+    assert args.command == "install-cni"
     dest = args.dest
     found = covering_mount(mounts(ds, init), dest)
     assert found is not None and not found[0].get("readOnly", False)
@@ -746,7 +745,19 @@ def test_final_stage_only_copies_the_venv() -> None:
         assert f"org.opencontainers.image.{key}=" in labels
 
 
+def test_image_builds_and_ships_the_forwarder() -> None:
+    """The build stage has a compiler and static libc, builds with setup.py (which compiles
+    ehost-device) and fails unless `install-cni` finds the binary; the venv it copies
+    carries it."""
+    build, _ = dockerfile_stages()
+    steps = " ".join(build)
+    assert re.search(r"apt-get install [^&]*\bgcc\b[^&]*\blibc6-dev\b", steps), steps
+    assert "COPY pyproject.toml setup.py README.md ./" in build
+    assert re.search(r"pip install [^&]*--no-build-isolation \.\s+&&\s+\S*netdp install-cni", steps)
+
+
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
     rules = (REPO / ".dockerignore").read_text().split()
     assert "*" in rules
-    assert {"!pyproject.toml", "!README.md", "!deviceplugin/"} <= set(rules)
+    assert {"!pyproject.toml", "!setup.py", "!README.md", "!deviceplugin/"} <= set(rules)
+    assert rules[-1] == "deviceplugin/cni/forwarder/ehost-device"  # built in place: not shipped

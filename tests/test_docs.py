@@ -193,10 +193,11 @@ def lab_sysfs() -> Iterator[Path]:
         yield root / "sys"
 
 
-# Each block gets fresh network and mount namespaces: a private /run (netns,
-# the daemon's socket dir) and /opt (a CNI bin dir with the shim and Debian's
+# Each block gets fresh network, mount and PID namespaces: a private /run (netns,
+# the daemon's socket dir) and /opt (a CNI bin dir with ehost-device and Debian's
 # reference plugins), and the lab's uplink eth0 carrying a default route. All of
-# it vanishes with the block's process; nothing on the host changes.
+# it, a daemon started in it included, vanishes with the block's shell; nothing
+# on the host changes.
 _SANDBOX = """\
 mount --make-rprivate /
 mount -t tmpfs netdp-docs /run
@@ -211,15 +212,23 @@ ip link set eth0-peer up
 ip addr add 192.0.2.10/24 dev eth0
 ip route add default via 192.0.2.1 dev eth0
 """
+# For blocks that call ehost-device: the daemon that serves it, as on a node.
+_CNI_DAEMON = """\
+netdp run --device-plugin-path /run/device-plugins --devinfo-dir '' --metrics-address 0 \\
+  > /run/netdp-run.log 2>&1 &
+for _ in $(seq 600); do [ -S /run/netdp/cni.sock ] && break; sleep 0.05; done
+[ -S /run/netdp/cni.sock ] || { cat /run/netdp-run.log; exit 1; }
+"""
 
 
 def run_block(block: Block, cwd: Path, sysfs: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NETDP_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["NETDP_SYSFS_ROOT"] = str(sysfs)
-    script = f"set -euo pipefail\n{_SANDBOX}{block.text}"
+    daemon = _CNI_DAEMON if "ehost-device" in block.text else ""
+    script = f"set -euo pipefail\n{_SANDBOX}{daemon}{block.text}"
     return subprocess.run(
-        ["unshare", "--net", "--mount", "bash", "-c", script],
+        ["unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "bash", "-c", script],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -245,7 +254,7 @@ def normalise(output: str) -> str:
 
 @needs_root
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: p.name)
-def test_sh_blocks_run(path: Path, lab_sysfs: Path, tmp_path: Path) -> None:
+def test_sh_blocks_run(path: Path, lab_sysfs: Path, tmp_path: Path, forwarder: Path) -> None:
     for block, expected in output_pairs(path):
         result = run_block(block, tmp_path, lab_sysfs)
         output = normalise(result.stdout)

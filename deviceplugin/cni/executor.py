@@ -1,13 +1,13 @@
 """The ehost-device CNI plugin's entry point: one call from env + stdin to its answer.
 
-One executor for both entry points: the daemon runs it on a worker thread per
-request, the shim runs it in its own process when the daemon is absent. It
-parses the call, holds the per-device lock and hands the command to its rules
+The daemon runs it on a worker thread per request (`server.py`). It parses
+the call, holds the per-device lock and hands the command to its rules
 (`add`, `delete`, `check`) over the ports (`ports.Ports`), which it wires to
-the real kernel, sysfs and IPAM plugins unless told otherwise.
+the real kernel, sysfs and IPAM plugins unless told otherwise. The daemon's
+node repair (`repair.py`) runs over the same ports and the same locks.
 
 Devices are serialised with a per-device `flock`, which holds between the
-daemon's threads and in-process shims alike.
+daemon's threads (each takes its own open file) and between processes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from deviceplugin.api.constants import POD_RESOURCES_SOCKET
-from deviceplugin.cni import add, check, delete
+from deviceplugin.cni import add, check, delete, repair
 from deviceplugin.cni.ipam import PluginIpam
 from deviceplugin.cni.netlink import NetlinkNamespaces
 from deviceplugin.cni.ports import DeviceResolver, Ipam, Namespaces, Ports
@@ -126,6 +126,10 @@ class Executor:
             return Outcome(json.dumps(err.to_json(version)), 1)
         return Outcome(json.dumps(answer) if answer is not None else "", 0)
 
+    def repair(self) -> list[tuple[str, str]]:
+        """Put back the NICs lost calls left marked on the host: (device, name) of each."""
+        return [(r.device, r.name) for r in repair.repair_stranded(self.ports)]
+
     def _dispatch(self, request: CniRequest) -> dict[str, Any] | None:
         if request.command == "VERSION":
             return version_result()
@@ -145,20 +149,11 @@ class Executor:
 
 
 def settings_from_env(environ: Mapping[str, str]) -> Settings:
-    """Settings of the in-process fallback, which has no daemon flags to read."""
+    """What `netdp run` reads from the environment only: the lock directory and the
+    kubelet's PodResources socket (tests point both elsewhere)."""
     return Settings(
-        sysfs_root=Path(environ.get("NETDP_SYSFS_ROOT") or "/sys"),
         lock_dir=Path(environ.get("NETDP_CNI_LOCK_DIR") or DEFAULT_LOCK_DIR),
         pod_resources_socket=Path(
             environ.get("NETDP_POD_RESOURCES_SOCKET") or POD_RESOURCES_SOCKET
         ),
     )
-
-
-def run_local(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
-    """The shim's in-process mode: one call, logs to stderr (stdout is the CNI answer)."""
-    from deviceplugin import logs
-
-    logs.configure(level=os.environ.get("NETDP_LOG_LEVEL", "warning"), fmt="json")
-    outcome = Executor(settings_from_env(os.environ)).run(env, stdin)
-    return outcome.exit_code, outcome.stdout.encode()

@@ -1,81 +1,66 @@
-"""Installing the `ehost-device` shim into a CNI bin directory.
+"""Installing the ehost-device forwarder into a node's CNI bin directory.
 
-The runtime executes the file directly, so its shebang must name an
-interpreter that exists on the node. A pyenv or virtualenv shim in that line
-would add a shell script and a second interpreter start to every call, or
-break outright outside the environment, so the path is resolved to the real
-binary. The node needs a `python3` (3.10 or newer); the shim itself uses only
-the standard library.
+The file comes from this netdp installation (`forwarder_build.BINARY`, built
+when netdp was installed; the container image ships it) and is copied
+whole: written to a temporary file in the target directory, then renamed
+over the old one. A runtime may be executing the old file right now, and
+writing into it would fail (ETXTBSY) or leave a half-written plugin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
-import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from deviceplugin.cni import shim
+from deviceplugin.cni.forwarder_build import BINARY, INSTALL_HINT
 
 PLUGIN_NAME = "ehost-device"
-_PLACEHOLDER = "PACKAGE_PATH: str | None = None"
-# Not interpreters: wrappers that re-exec one (pyenv shims are shell scripts).
-_WRAPPER_MARKERS = ("/shims/", "/.pyenv/shims")
 
 
-def real_interpreter(python: str | None = None) -> str:
-    """The interpreter path for the shebang; wrapper scripts are refused.
-
-    Without `python`: this process's interpreter, symlinks resolved, except in
-    a virtualenv, whose packages only the venv's own `bin/python` link sees
-    (the in-process fallback needs them). With it: the path as given (an init
-    container installing for the node names the node's interpreter, whose
-    symlinks may resolve differently here), checked to be a binary when it
-    exists here.
-    """
-    if python is None and sys.prefix != sys.base_prefix:
-        candidate = sys.executable
-    elif python is None:
-        candidate = os.path.realpath(sys.executable or "/usr/bin/python3")
-    elif os.sep not in python:
-        found = shutil.which(python)
-        if found is None:
-            raise FileNotFoundError(f"no interpreter {python!r} on PATH")
-        candidate = found
-    else:
-        candidate = python
-    if not os.path.isabs(candidate):
-        raise ValueError(f"interpreter path {candidate!r} must be absolute")
-    resolved = os.path.realpath(candidate)
-    wrapper = any(m in resolved for m in _WRAPPER_MARKERS)
-    if wrapper or (os.path.exists(resolved) and not _is_binary(resolved)):
-        raise ValueError(f"{candidate} is a wrapper script, not an interpreter; pass a real one")
-    return candidate
+class NoForwarder(Exception):
+    """This netdp installation has no ehost-device binary."""
 
 
-def _is_binary(path: str) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"\x7fELF"
+@dataclass(frozen=True, slots=True)
+class Installed:
+    path: Path
+    size: int
+    sha256: str
+
+    def describe(self) -> str:
+        return f"installed {self.path} ({self.size} bytes, sha256 {self.sha256})"
 
 
-def shim_source(python: str, package_path: str | None) -> str:
-    """The shim's text with its shebang and the package location filled in."""
-    source = Path(shim.__file__).read_text()
-    if _PLACEHOLDER not in source:
-        raise RuntimeError("shim source lost its PACKAGE_PATH placeholder")
-    source = source.replace(_PLACEHOLDER, f"PACKAGE_PATH: str | None = {package_path!r}", 1)
-    return f"#!{python} -SE\n" + source
+def packaged_forwarder() -> Path:
+    """The binary built into this installation; `NoForwarder` says how to get one."""
+    if not os.access(BINARY, os.X_OK) or not BINARY.is_file():
+        raise NoForwarder(
+            f"this netdp installation has no ehost-device binary ({BINARY} is missing): "
+            f"it is built when netdp is installed on a machine with {INSTALL_HINT}; "
+            "the netdp container image ships it"
+        )
+    return BINARY
 
 
-def install_shim(dest: Path, python: str | None = None) -> Path:
-    """Write `dest/ehost-device` atomically (a runtime may be executing the old one)."""
-    interpreter = real_interpreter(python)
-    package_path = str(Path(shim.__file__).resolve().parents[2])
+def install_forwarder(dest: Path) -> Installed:
+    """Copy the forwarder to `dest/ehost-device` atomically; what was installed."""
+    source = packaged_forwarder()
+    data = source.read_bytes()
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / PLUGIN_NAME
-    tmp = dest / f".{PLUGIN_NAME}.tmp{os.getpid()}"
-    tmp.write_text(shim_source(interpreter, package_path))
-    tmp.chmod(0o755)
-    os.replace(tmp, target)
-    return target
+    fd, tmp = tempfile.mkstemp(prefix=f".{PLUGIN_NAME}.", dir=dest)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            os.fchmod(out.fileno(), 0o755)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Installed(target, len(data), hashlib.sha256(data).hexdigest())

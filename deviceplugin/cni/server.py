@@ -1,10 +1,14 @@
-"""The daemon side of the ehost-device shim: a unix socket served from asyncio.
+"""The daemon's CNI socket: netdp-cni/2 (`wire.py`) served from asyncio.
 
-Each request's netlink and namespace work runs on a worker thread
+The node's `ehost-device` forwarder connects once per CNI call. Each
+request's netlink and namespace work runs on a worker thread
 (`asyncio.to_thread`), where the executor switches namespaces per thread and
 uses the pyroute2 the daemon imported once. Devices are serialised by the
 executor's per-device lock, so concurrent calls for different devices run in
 parallel and two ADDs for one device cannot interleave.
+
+Whoever can connect can move the node's NICs, so the socket is root's alone:
+mode 0600, in a directory only its owner may enter (`secure_socket_dir`).
 """
 
 from __future__ import annotations
@@ -13,29 +17,59 @@ import asyncio
 import contextlib
 import json
 import os
+import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import structlog
 
+from deviceplugin.cni import wire
 from deviceplugin.cni.call_labels import call_labels
 from deviceplugin.cni.executor import Executor, Settings, settings_from_env
-from deviceplugin.cni.shim import (
-    MAX_MESSAGE,
-    decode_request,
-    encode_response,
-)
 from deviceplugin.cni.types import ERR_DECODE, CniError
 from deviceplugin.observer import DaemonObserver
 
 log = structlog.get_logger(__name__)
 
 READ_TIMEOUT_S = 30.0
+SOCKET_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def secure_socket_dir(directory: Path, netdp_files: Collection[str]) -> None:
+    """Make `directory` (created if missing) enterable by its owner only, which must be us.
+
+    A directory already closed to others is fine. One open to others is
+    tightened to 0700 only when it is ours and holds nothing but netdp's own
+    `netdp_files` (a hostPath volume arrives empty and 0755); anything else
+    (another owner, the sticky bit of /tmp, other files as in /run) is a
+    shared directory, which netdp will neither use nor lock others out of.
+    `OSError` names the directory and the problem.
+    """
+    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    info = directory.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != os.geteuid():
+        raise PermissionError(
+            f"CNI socket directory {directory} belongs to uid {info.st_uid}, not to netdp "
+            f"(uid {os.geteuid()}): give the socket a directory of its own"
+        )
+    if not mode & 0o077:
+        return
+    others = sorted(set(os.listdir(directory)) - set(netdp_files))
+    if info.st_mode & stat.S_ISVTX or others:
+        what = "has the sticky bit" if info.st_mode & stat.S_ISVTX else f"holds {others[:3]}"
+        raise PermissionError(
+            f"CNI socket directory {directory} is shared ({what}, mode {mode:o}) and netdp "
+            "makes its socket's directory root-only: give the socket a directory of its own"
+        )
+    os.chmod(directory, DIR_MODE)
+    log.info("cni_socket_dir_tightened", directory=str(directory), mode=f"{mode:o}")
 
 
 class CniServer:
-    """Serves the shim protocol on `socket_path` until `stop()`."""
+    """Serves netdp-cni/2 on `socket_path` until `stop()`."""
 
     def __init__(
         self,
@@ -46,9 +80,8 @@ class CniServer:
         executor: Executor | None = None,
         observer: DaemonObserver | None = None,
     ) -> None:
-        """`lock_dir` and `pod_resources_socket` default to what the shim's in-process
-        mode uses (NETDP_CNI_LOCK_DIR, NETDP_POD_RESOURCES_SOCKET, else the standard
-        paths): daemon and fallback must lock the same files to exclude each other.
+        """`lock_dir` and `pod_resources_socket` default to NETDP_CNI_LOCK_DIR and
+        NETDP_POD_RESOURCES_SOCKET, else the standard paths.
         `observer` hears every answered call (`DaemonObserver.cni_call`).
         """
         self.socket_path = Path(socket_path)
@@ -68,11 +101,13 @@ class CniServer:
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        directory, lock_dir = self.socket_path.parent, self.executor.settings.lock_dir
+        own = {self.socket_path.name} | ({lock_dir.name} if lock_dir.parent == directory else set())
+        secure_socket_dir(directory, own)
         # A socket file left by a dead daemon would make bind fail.
         self.socket_path.unlink(missing_ok=True)
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
+        os.chmod(self.socket_path, SOCKET_MODE)
         log.info("cni_server_started", socket=str(self.socket_path))
 
     async def stop(self) -> None:
@@ -86,39 +121,45 @@ class CniServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            chunks: list[bytes] = []
-            size = 0
-            # The shim closes its side after the request; read to that point, bounded.
-            while size <= MAX_MESSAGE:
-                chunk = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT_S)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            writer.write(await self._answer(b"".join(chunks)))
+            try:
+                env, stdin = await asyncio.wait_for(_read_request(reader), READ_TIMEOUT_S)
+            except wire.WireError as exc:
+                log.warning("cni_request_malformed", error=str(exc))
+                err = CniError(ERR_DECODE, "malformed request from ehost-device", str(exc))
+                text = json.dumps(err.to_json())
+                self._count({}, 1, text, time.perf_counter())
+                answer = wire.encode_response(1, text.encode())
+            else:
+                answer = await self._answer(env, stdin)
+            writer.write(answer)
             await writer.drain()
-        except (TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError) as exc:
             log.warning("cni_server_connection_failed", error=repr(exc))
         finally:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _answer(self, data: bytes) -> bytes:
+    async def _answer(self, env: dict[str, str], stdin: bytes) -> bytes:
         started = time.perf_counter()
-        try:
-            if len(data) > MAX_MESSAGE:
-                raise ValueError("request too large")
-            env, stdin = decode_request(data)
-        except ValueError as exc:
-            err = CniError(ERR_DECODE, "malformed request from the ehost-device shim", str(exc))
-            answer = json.dumps(err.to_json())
-            self._count({}, 1, answer, started)
-            return encode_response(1, answer.encode())
         outcome = await asyncio.to_thread(self.executor.run, env, stdin)
         self._count(env, outcome.exit_code, outcome.stdout, started)
-        return encode_response(outcome.exit_code, outcome.stdout.encode())
+        return wire.encode_response(outcome.exit_code, outcome.stdout.encode())
 
     def _count(self, env: Mapping[str, str], exit_code: int, stdout: str, started: float) -> None:
         seconds = time.perf_counter() - started
         self.observer.cni_call(*call_labels(env, exit_code, stdout), seconds)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[dict[str, str], bytes]:
+    """One request, exactly as long as its header says; `WireError` for anything else."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise wire.WireError("no header line") from None
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise wire.WireError(f"no header line: {exc.partial[: wire.MAX_HEADER]!r}") from None
+        raise
+    head = wire.parse_request_head(line)
+    return wire.split_request(head, await reader.readexactly(head.body_bytes))

@@ -4,8 +4,9 @@ Each test gets its own "node": a namespace made by `helpers.make_node_netns`
 that plays the host, with a default route out of its uplink. Every "NIC" is
 a veth end created directly in that node namespace (its peer in another
 namespace of the test), and the fake sysfs maps a PCI address onto its name.
-The daemon, the shim and Go's host-device all run under `ip netns exec
-<node>`, so they take the node for their host and see its links in
+The daemon, the ehost-device binary (installed with `netdp install-cni
+--dest`, as the DaemonSet does) and Go's host-device all run under `ip netns
+exec <node>`, so they take the node for their host and see its links in
 /sys/class/net: the machine's root namespace never holds a test link, not
 even for a moment. Names carry a random suffix and everything is removed in
 `finally` blocks, also when a test fails half-way.
@@ -25,7 +26,8 @@ from typing import Any
 
 from helpers import Namespaces, make_node_netns
 
-from deviceplugin.cni.install import install_shim
+from deviceplugin.cli import main as netdp_main
+from deviceplugin.cni.install import PLUGIN_NAME
 from deviceplugin.sim.fakesysfs import FakeSysfs
 
 CNI_BIN = "/usr/lib/cni"
@@ -107,6 +109,12 @@ def ns_routes(netns: str) -> list[str]:
     return sorted(line.replace(" linkdown", "").strip() for line in out.splitlines())
 
 
+def install_cni(dest: Path) -> Path:
+    """`netdp install-cni --dest DEST`, the DaemonSet's init container; the installed file."""
+    assert netdp_main(["install-cni", "--dest", str(dest)]) == 0
+    return dest / PLUGIN_NAME
+
+
 def root_links_with(fragment: str) -> list[str]:
     """Links of the machine's root namespace whose name holds `fragment`."""
     out = sh("ip", "-o", "link", "show").stdout
@@ -121,6 +129,7 @@ class Lab:
     tmp: Path
     nss: Namespaces = field(default_factory=Namespaces)
     next_slot: int = 0
+    daemons_started: int = 0
 
     def __post_init__(self) -> None:
         self.suffix = self.nss.tag
@@ -129,7 +138,7 @@ class Lab:
         self.data_dir = self.tmp / "ipam"
         self.lock_dir = self.tmp / "locks"
         self.socket = self.tmp / "cni.sock"
-        self.shim = install_shim(self.tmp / "bin")
+        self.plugin = install_cni(self.tmp / "bin")
         try:
             node = make_node_netns(self.nss)
             self.peer_ns = self.nss.add("peer")  # the far end of every NIC's cable
@@ -211,8 +220,6 @@ elif env["CNI_COMMAND"] == "VERSION":
             "CNI_IFNAME": ifname,
             "CNI_PATH": CNI_BIN,
             "NETDP_CNI_SOCKET": str(self.socket),
-            "NETDP_SYSFS_ROOT": str(self.sysfs_root),
-            "NETDP_CNI_LOCK_DIR": str(self.lock_dir),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         }
         if netns:
@@ -234,7 +241,7 @@ elif env["CNI_COMMAND"] == "VERSION":
         full_env = {**self.env(command, netns, ifname, cid), **(env or {})}
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
         proc = subprocess.run(
-            self.in_node(plugin or str(self.shim)),
+            self.in_node(plugin or str(self.plugin)),
             input=stdin,
             env=full_env,
             capture_output=True,
@@ -254,9 +261,12 @@ elif env["CNI_COMMAND"] == "VERSION":
 
 
 class Daemon:
-    """The real `netdp run` (CNI socket on, no kubelet needed) in the node, in its own session."""
+    """The real `netdp run` (CNI socket on, no kubelet needed) in the node, in its own session.
 
-    def __init__(self, lab: Lab) -> None:
+    Its JSON log goes to a file of the lab, read by `wait_event`.
+    """
+
+    def __init__(self, lab: Lab, pod_resources_socket: Path | None = None) -> None:
         cmd = lab.in_node(
             sys.executable, "-m", "deviceplugin", "run",
             "--cni-socket", str(lab.socket),
@@ -264,22 +274,43 @@ class Daemon:
             "--device-plugin-path", str(lab.tmp / "device-plugins"),
             "--devinfo-dir", "",
             "--metrics-address", "0",
-            "--log-level", "warning", "--log-format", "json",
+            # No periodic rescan in the middle of a test: rescans here come from
+            # start-up, SIGHUP and the uevents of the node's own links only.
+            "--rescan-interval", "3600",
+            "--log-level", "info", "--log-format", "json",
         )  # fmt: skip
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
             "NETDP_CNI_LOCK_DIR": str(lab.lock_dir),
-            "NETDP_POD_RESOURCES_SOCKET": str(lab.tmp / "kubelet.sock"),
+            "NETDP_POD_RESOURCES_SOCKET": str(pod_resources_socket or lab.tmp / "kubelet.sock"),
         }
-        self.proc = subprocess.Popen(
-            cmd, env=env, start_new_session=True, stderr=subprocess.PIPE, cwd=REPO
-        )
-        deadline = time.monotonic() + 15
-        while not lab.socket.exists():
+        lab.daemons_started += 1
+        self.log = lab.tmp / f"daemon-{lab.daemons_started}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stderr=log, cwd=REPO)
+        # Up once its first scan (and the node repair before it) is done.
+        self.wait_event("discovery_done")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == name:
+                found.append(event)
+        return found
+
+    def wait_event(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """The first `name` event of the log, once there."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.events(name)):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"CNI server did not start: {self.proc.stderr.read()!r}")
-            time.sleep(0.02)
+                raise AssertionError(f"no {name} event in:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        return found[0]
 
     def kill(self) -> None:
         """SIGKILL the server and everything it started (its session's process group)."""

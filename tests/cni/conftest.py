@@ -12,7 +12,7 @@ from cnilab import Daemon, Lab
 
 
 @pytest.fixture
-def lab(tmpfs_path: Path) -> Iterator[Lab]:
+def lab(tmpfs_path: Path, forwarder: Path) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.fail("the CNI tests need root (network namespaces)")
     lab = Lab(tmpfs_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import deviceplugin.cni
 
 CNI = Path(deviceplugin.cni.__file__).parent
-RULES = ("add", "check", "delete", "origin", "ports", "resolve", "restore")
+RULES = ("add", "check", "delete", "origin", "ports", "repair", "resolve", "restore")
 # What the rules may import: the ports, each other, plain records and protocol
 # parsing, the device-info writer, logging, and pure stdlib modules.
 ALLOWED = {
@@ -32,6 +32,7 @@ ALLOWED = {
 ADAPTERS = (
     "pyroute2",
     "deviceplugin.cni.netlink",
+    "deviceplugin.cni.rtnetlink",
     "deviceplugin.cni.ipam",
     "deviceplugin.cni.sysfs_devices",
     "deviceplugin.cni.executor",

@@ -1,50 +1,133 @@
-"""CniServer embedded in an asyncio loop, as `netdp run` embeds it."""
+"""CniServer embedded in an asyncio loop, as `netdp run` embeds it, driven over netdp-cni/2."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
+import stat
 from pathlib import Path
 
-from deviceplugin.cni import shim
-from deviceplugin.cni.server import CniServer
+import pytest
+
+from deviceplugin.cni import server as server_module
+from deviceplugin.cni import wire
+from deviceplugin.cni.server import CniServer, secure_socket_dir
+from deviceplugin.cni.types import version_result
 from deviceplugin.observer import DaemonObserver
 
 
-def test_embedded_server_answers_and_rejects_garbage(tmp_path: Path) -> None:
-    sock = tmp_path / "run" / "cni.sock"
+def call(sock: Path, request: bytes) -> bytes:
+    """Send `request`, half-close, read the answer to EOF (the forwarder, in Python)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(sock))
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
-    async def scenario() -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+
+def serve(tmp_path: Path, sock: Path, *requests: bytes) -> list[bytes]:
+    """Start a server on `sock`, send each request on its own connection, stop it."""
+
+    async def scenario() -> list[bytes]:
         server = CniServer(sock, sysfs_root=tmp_path, lock_dir=tmp_path / "locks")
         await server.start()
         try:
-            request = shim.encode_request({"CNI_COMMAND": "VERSION"}, b"{}")
-            good = await asyncio.to_thread(shim.call_daemon, str(sock), request)
-            bad = await asyncio.to_thread(shim.call_daemon, str(sock), b"GET / HTTP/1.0\r\n")
+            return [await asyncio.to_thread(call, sock, r) for r in requests]
         finally:
             await server.stop()
-        return good, bad
 
-    (code, out), (bad_code, bad_out) = asyncio.run(scenario())
-    assert code == 0 and json.loads(out)["cniVersion"] == "1.1.0"
-    assert bad_code == 1 and json.loads(bad_out)["code"] == 6
+    return asyncio.run(scenario())
+
+
+def test_answers_a_request_and_refuses_garbage(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "cni.sock"
+    stdin = json.dumps({"cniVersion": "1.1.0", "name": "n"}).encode()
+    status = {"CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin"}
+    good, status, bad, cut = serve(
+        tmp_path,
+        sock,
+        wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}"),
+        wire.encode_request(status, stdin),
+        b"GET / HTTP/1.0\r\n\r\n",
+        wire.encode_request(status, stdin)[:-3],
+    )
+    assert wire.decode_response(good) == (0, json.dumps(version_result()).encode())
+    assert wire.decode_response(status) == (0, b"")
+    code, out = wire.decode_response(bad)
+    assert code == 1 and json.loads(out)["code"] == 6
+    assert cut == b""  # the client hung up mid-request: nobody to answer
     assert not sock.exists()
 
 
 def test_start_replaces_stale_socket(tmp_path: Path) -> None:
     sock = tmp_path / "cni.sock"
     sock.write_text("left over by a dead daemon")
+    request = wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}")
+    assert wire.decode_response(serve(tmp_path, sock, request)[0])[0] == 0
 
-    async def scenario() -> int:
-        server = CniServer(sock, sysfs_root=tmp_path, lock_dir=tmp_path / "locks")
-        await server.start()
-        try:
-            request = shim.encode_request({"CNI_COMMAND": "VERSION"}, b"{}")
-            return (await asyncio.to_thread(shim.call_daemon, str(sock), request))[0]
-        finally:
-            await server.stop()
 
-    assert asyncio.run(scenario()) == 0
+def test_socket_is_root_only_in_a_root_only_directory(tmp_path: Path) -> None:
+    """0600 on the socket, 0700 on its directory: the directory was created
+    that way, or tightened (a hostPath volume arrives as 0755)."""
+    for existing in (False, True):
+        sock = tmp_path / f"run{existing}" / "netdp" / "cni.sock"
+        if existing:
+            sock.parent.mkdir(parents=True, mode=0o755)
+            os.chmod(sock.parent, 0o755)
+        modes = []
+
+        async def scenario(sock: Path = sock, modes: list[int] = modes) -> None:
+            server = CniServer(sock, sysfs_root=tmp_path, lock_dir=tmp_path / "locks")
+            await server.start()
+            try:
+                modes.append(stat.S_IMODE(sock.stat().st_mode))
+                modes.append(stat.S_IMODE(sock.parent.stat().st_mode))
+                assert stat.S_ISSOCK(sock.stat().st_mode)
+                assert sock.parent.stat().st_uid == os.geteuid()
+            finally:
+                await server.stop()
+
+        asyncio.run(scenario())
+        assert modes == [0o600, 0o700], existing
+
+
+def test_shared_or_foreign_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never tightened: a directory others use (sticky like /tmp, or holding other
+    files like /run), or one that is not ours; a root-only one is used as it is."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    with pytest.raises(PermissionError, match="sticky bit"):
+        secure_socket_dir(shared, {"cni.sock"})
+    run = tmp_path / "run"
+    (run / "lock").mkdir(parents=True)
+    os.chmod(run, 0o755)
+    with pytest.raises(PermissionError, match=r"holds \['lock'\]"):
+        secure_socket_dir(run, {"cni.sock", "cni-locks"})
+    assert [stat.S_IMODE(d.stat().st_mode) for d in (shared, run)] == [0o1777, 0o755]
+
+    os.chmod(run, 0o700)
+    secure_socket_dir(run, {"cni.sock"})  # closed to others already: whatever it holds
+
+    ours = tmp_path / "netdp"
+    (ours / "cni-locks").mkdir(parents=True)
+    os.chmod(ours, 0o755)
+    secure_socket_dir(ours, {"cni.sock", "cni-locks"})
+    assert stat.S_IMODE(ours.stat().st_mode) == 0o700
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o755)
+    monkeypatch.setattr(server_module.os, "geteuid", lambda: os.getuid() + 4242)
+    with pytest.raises(PermissionError, match="belongs to uid"):
+        secure_socket_dir(foreign, {"cni.sock"})
 
 
 class Calls(DaemonObserver):
@@ -58,28 +141,28 @@ class Calls(DaemonObserver):
 def test_every_answered_call_is_reported_to_the_observer(tmp_path: Path) -> None:
     sock = tmp_path / "cni.sock"
     calls = Calls()
+    add_env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/run/netns/none",
+        "CNI_IFNAME": "net1",
+        "CNI_PATH": "/opt/cni/bin",
+    }
+    requests = [
+        wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}"),
+        # No device named: the executor answers code 7, the runtime sees it.
+        wire.encode_request(
+            add_env, b'{"cniVersion": "1.0.0", "name": "n", "type": "ehost-device"}'
+        ),
+        b"garbage\n",
+    ]
 
     async def scenario() -> None:
         server = CniServer(sock, sysfs_root=tmp_path, lock_dir=tmp_path / "locks", observer=calls)
         await server.start()
         try:
-            for env, stdin in (
-                ({"CNI_COMMAND": "VERSION"}, b"{}"),
-                # No device named: the executor answers code 7, the runtime sees it.
-                (
-                    {
-                        "CNI_COMMAND": "ADD",
-                        "CNI_CONTAINERID": "c1",
-                        "CNI_NETNS": "/run/netns/none",
-                        "CNI_IFNAME": "net1",
-                        "CNI_PATH": "/opt/cni/bin",
-                    },
-                    b'{"cniVersion": "1.0.0", "name": "n", "type": "ehost-device"}',
-                ),
-            ):
-                request = shim.encode_request(env, stdin)
-                await asyncio.to_thread(shim.call_daemon, str(sock), request)
-            await asyncio.to_thread(shim.call_daemon, str(sock), b"garbage")
+            for request in requests:
+                await asyncio.to_thread(call, sock, request)
         finally:
             await server.stop()
 

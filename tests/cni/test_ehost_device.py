@@ -1,16 +1,18 @@
-"""ehost-device end to end: the installed shim run as the runtime runs it, real namespaces.
+"""ehost-device end to end: the installed binary run as the runtime runs it, real namespaces.
 
-Each scenario runs in daemon mode (the shim forwards to a CNI server) and in
-in-process mode (no server: the shim runs the executor itself). IPAM is the
-real host-local plugin with a per-test data dir.
+The binary is installed with `netdp install-cni --dest` (as the DaemonSet's
+init container does) and forwards each call to a real `netdp run` in the
+test's node namespace. IPAM is the real host-local plugin with a per-test
+data dir.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,26 +34,14 @@ from cnilab import (
     settled_link_state,
     sh,
 )
+from helpers import elf_facts
 
-from deviceplugin.cni import shim
-from deviceplugin.cni.install import install_shim, real_interpreter, shim_source
 from deviceplugin.cni.origin import Origin
 from deviceplugin.sim.podresources import PodResourcesStandIn
 
 pytestmark = pytest.mark.root
 
-
-@pytest.fixture(params=["daemon", "inprocess"])
-def mode(request: pytest.FixtureRequest, lab: Lab) -> Iterator[str]:
-    """Run the test against a running CNI server, then with none."""
-    if request.param == "inprocess":
-        yield request.param
-        return
-    d = Daemon(lab)
-    try:
-        yield request.param
-    finally:
-        d.stop()
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 
 
 def assert_untouched(lab: Lab, name: str, before: dict) -> None:
@@ -73,14 +63,13 @@ def reservations(lab: Lab) -> list[str]:
 
 
 @pytest.mark.parametrize("version", ["0.3.0", "0.3.1", "0.4.0", "1.0.0"])
-def test_add_del_every_version(lab: Lab, mode: str, version: str) -> None:
+def test_add_del_every_version(lab: Lab, daemon: Daemon, version: str) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
     pod = lab.netns("pod")
     conf = lab.conf(version, deviceID=pci, mtu=1400)
     code, result, err = lab.run("ADD", conf, pod)
     assert code == 0, (result, err)
-    assert ("in-process" in err) == (mode == "inprocess")
     assert result["cniVersion"] == version
     assert result["interfaces"] == [
         {"name": "net1", "mac": before["mac"], "sandbox": f"/run/netns/{pod}"}
@@ -131,7 +120,7 @@ def test_dual_stack(lab: Lab) -> None:
     assert_untouched(lab, name, before)
 
 
-def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
+def test_ipam_called_like_libcni_v11(lab: Lab, daemon: Daemon) -> None:
     """1.1.0 with an IPAM that speaks it: same env and stdin as libcni gives a delegate."""
     pci, name = lab.nic()
     before = lab.node_link(name)
@@ -163,7 +152,7 @@ def test_ipam_called_like_libcni_v11(lab: Lab, mode: str) -> None:
 
 
 @pytest.mark.parametrize("selector", ["device", "hwaddr", "pciBusID", "runtimeConfig"])
-def test_device_selectors(lab: Lab, selector: str) -> None:
+def test_device_selectors(lab: Lab, daemon: Daemon, selector: str) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
     pod = lab.netns("pod")
@@ -182,7 +171,7 @@ def test_device_selectors(lab: Lab, selector: str) -> None:
     assert_untouched(lab, name, before)
 
 
-def test_check(lab: Lab, mode: str) -> None:
+def test_check(lab: Lab, daemon: Daemon) -> None:
     pci, _ = lab.nic()
     pod = lab.netns("pod")
     conf = lab.conf(deviceID=pci)
@@ -197,7 +186,7 @@ def test_check(lab: Lab, mode: str) -> None:
     assert lab.run("DEL", conf, pod)[0] == 0
 
 
-def test_version(lab: Lab, mode: str) -> None:
+def test_version(lab: Lab, daemon: Daemon) -> None:
     code, out, _ = lab.run("VERSION", b'{"cniVersion": "1.1.0"}', None)
     assert code == 0
     assert out == {
@@ -206,7 +195,7 @@ def test_version(lab: Lab, mode: str) -> None:
     }
 
 
-def test_status(lab: Lab, mode: str) -> None:
+def test_status(lab: Lab, daemon: Daemon) -> None:
     code, out, _ = lab.run("STATUS", lab.conf("1.1.0"), None)
     assert (code, out) == (0, None)
     broken = lab.conf("1.1.0")
@@ -217,7 +206,7 @@ def test_status(lab: Lab, mode: str) -> None:
     assert code == 1 and out["code"] == 1
 
 
-def test_devinfo_file(lab: Lab, mode: str) -> None:
+def test_devinfo_file(lab: Lab, daemon: Daemon) -> None:
     pci, _ = lab.nic()
     pod = lab.netns("pod")
     path = lab.tmp / "devinfo" / "cni" / "ehd-net-c1-net1-device.json"
@@ -352,7 +341,7 @@ def _bad_ipam_conf(lab: Lab, pci: str, how: str) -> dict:
 
 
 @pytest.mark.parametrize("how", ["missing-plugin", "ipam-error", "unroutable"])
-def test_failure_after_move_rolls_back(lab: Lab, mode: str, how: str) -> None:
+def test_failure_after_move_rolls_back(lab: Lab, daemon: Daemon, how: str) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
     pod = lab.netns("pod")
@@ -363,7 +352,7 @@ def test_failure_after_move_rolls_back(lab: Lab, mode: str, how: str) -> None:
     assert reservations(lab) == []
 
 
-def test_running_device_comes_back_running(lab: Lab, mode: str) -> None:
+def test_running_device_comes_back_running(lab: Lab, daemon: Daemon) -> None:
     pci, name = lab.nic()
     sh("ip", "-n", lab.node, "link", "set", name, "up")
     before = lab.node_link(name)
@@ -378,7 +367,9 @@ def test_running_device_comes_back_running(lab: Lab, mode: str) -> None:
     ("case", "expected_code"),
     [("no-netns", 3), ("no-device", 100), ("bad-json", 6), ("old-version", 1), ("taken-ifname", 7)],
 )
-def test_refusals_leave_device_alone(lab: Lab, mode: str, case: str, expected_code: int) -> None:
+def test_refusals_leave_device_alone(
+    lab: Lab, daemon: Daemon, case: str, expected_code: int
+) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
     pod = lab.netns("pod")
@@ -401,7 +392,7 @@ def test_refusals_leave_device_alone(lab: Lab, mode: str, case: str, expected_co
     assert reservations(lab) == []
 
 
-def test_device_in_use(lab: Lab, mode: str) -> None:
+def test_device_in_use(lab: Lab, daemon: Daemon) -> None:
     pci, name = lab.nic()
     pod_a, pod_b = lab.netns("a"), lab.netns("b")
     conf = lab.conf(deviceID=pci)
@@ -417,7 +408,7 @@ def test_device_in_use(lab: Lab, mode: str) -> None:
     assert lab.node_link(name) is not None
 
 
-def test_two_adds_one_device_race(lab: Lab, mode: str) -> None:
+def test_two_adds_one_device_race(lab: Lab, daemon: Daemon) -> None:
     pci, name = lab.nic()
     pods = [lab.netns(f"r{i}") for i in range(2)]
     conf = lab.conf(deviceID=pci)
@@ -443,7 +434,7 @@ def test_two_adds_one_device_race(lab: Lab, mode: str) -> None:
     assert lab.node_link(name) is not None
 
 
-def test_parallel_adds_different_devices(lab: Lab, mode: str) -> None:
+def test_parallel_adds_different_devices(lab: Lab, daemon: Daemon) -> None:
     nics = [lab.nic() for _ in range(4)]
     pods = [lab.netns(f"p{i}") for i in range(4)]
     results: dict[int, tuple] = {}
@@ -480,7 +471,7 @@ def _kernel_returns_device(lab: Lab, pod: str, ifname: str, pci: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["DEL", "GC"])
-def test_namespace_gone(lab: Lab, mode: str, command: str) -> None:
+def test_namespace_gone(lab: Lab, daemon: Daemon, command: str) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
     pod = lab.netns("pod")
@@ -498,7 +489,7 @@ def test_namespace_gone(lab: Lab, mode: str, command: str) -> None:
     assert_untouched(lab, name, before)
 
 
-def test_host_name_taken_at_del(lab: Lab, mode: str) -> None:
+def test_host_name_taken_at_del(lab: Lab, daemon: Daemon) -> None:
     """DEL cannot rename back while the name is taken; a later DEL finishes the job."""
     pci, name = lab.nic()
     before = lab.node_link(name)
@@ -524,7 +515,7 @@ def test_host_name_taken_at_del(lab: Lab, mode: str) -> None:
 # ------------------------------------------------------------------ safety
 
 
-def test_default_route_device_refused(lab: Lab, mode: str) -> None:
+def test_default_route_device_refused(lab: Lab, daemon: Daemon) -> None:
     """The node's default route leaves through this NIC: it never goes to a pod."""
     pci = lab.fake.add_virtio_nic("0000:00:1f.0", lab.uplink)
     before = lab.node_link(lab.uplink)
@@ -541,14 +532,12 @@ def podresources(lab: Lab) -> Iterator[PodResourcesStandIn]:
         yield standin
 
 
-def test_resource_name(lab: Lab, podresources: PodResourcesStandIn, mode: str) -> None:
+def test_resource_name(lab: Lab, podresources: PodResourcesStandIn, daemon: Daemon) -> None:
     (pci_a, name_a), (pci_b, name_b) = lab.nic(), lab.nic()
     podresources.set_pod("default", "web", {"app": {"netdp.io/virtio": [pci_b]}})
     pod = lab.netns("pod")
-    env = {
-        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
-        "NETDP_POD_RESOURCES_SOCKET": str(podresources.socket_path),
-    }
+    # The daemon asks the kubelet's PodResources at lab.tmp/kubelet.sock: the stand-in.
+    env = {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"}
     before_a = lab.node_link(name_a)
     refused = lab.conf(deviceID=pci_a, resourceName="netdp.io/virtio")
     code, out, _ = lab.run("ADD", refused, pod, env=env)
@@ -565,18 +554,19 @@ def test_resource_name(lab: Lab, podresources: PodResourcesStandIn, mode: str) -
 
 
 @pytest.mark.parametrize(
-    ("cni_args", "socket", "expected_code"),
+    ("cni_args", "expected_code"),
     [
-        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web", "missing.sock", 106),
-        ("IgnoreUnknown=1", "kubelet.sock", 4),
+        # No stand-in here: the daemon's PodResources socket is missing.
+        ("K8S_POD_NAMESPACE=default;K8S_POD_NAME=web", 106),
+        ("IgnoreUnknown=1", 4),
     ],
 )
 def test_resource_name_lookup_failures(
-    lab: Lab, mode: str, cni_args: str, socket: str, expected_code: int
+    lab: Lab, daemon: Daemon, cni_args: str, expected_code: int
 ) -> None:
     pci, name = lab.nic()
     before = lab.node_link(name)
-    env = {"CNI_ARGS": cni_args, "NETDP_POD_RESOURCES_SOCKET": str(lab.tmp / socket)}
+    env = {"CNI_ARGS": cni_args}
     conf = lab.conf(deviceID=pci, resourceName="netdp.io/virtio")
     code, out, _ = lab.run("ADD", conf, lab.netns("pod"), env=env)
     assert code == 1 and out["code"] == expected_code, out
@@ -586,11 +576,26 @@ def test_resource_name_lookup_failures(
 # ------------------------------------------------------------------ daemon lifecycle
 
 
-def test_daemon_dies_mid_add(lab: Lab) -> None:
-    """Killed while IPAM runs: the shim rolls back in-process and says try again."""
+def test_without_the_daemon_calls_are_try_again_later(lab: Lab) -> None:
+    """A socket file left by a dead daemon: ADD and DEL both say "try again later"
+    (the runtime retries), and nothing is touched."""
     pci, name = lab.nic()
     before = lab.node_link(name)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(lab.socket))
+    s.close()
     pod = lab.netns("pod")
+    for command in ("ADD", "DEL"):
+        code, out, err = lab.run(command, lab.conf(deviceID=pci), pod)
+        assert code == 1 and out["code"] == 11, (command, out, err)
+        assert out["msg"].startswith(f"netdp daemon not reachable at {lab.socket}")
+    assert_untouched(lab, name, before)
+    assert reservations(lab) == []
+
+
+def _slow_ipam(lab: Lab) -> tuple[str, Path]:
+    """An IPAM plugin whose ADD hangs (after touching the returned marker file) and
+    whose DEL is logged to tmp/ipam-dels; returns (CNI_PATH, marker)."""
     bin_dir = lab.tmp / "slowbin"
     bin_dir.mkdir()
     marker = lab.tmp / "ipam-started"
@@ -601,16 +606,26 @@ def test_daemon_dies_mid_add(lab: Lab) -> None:
         f"echo DEL >> {lab.tmp / 'ipam-dels'}\n"
     )
     slow.chmod(0o755)
+    return f"{bin_dir}:{CNI_BIN}", marker
+
+
+def test_daemon_dies_mid_add(lab: Lab) -> None:
+    """Killed while IPAM runs: the binary says "try again later"; the runtime's DEL,
+    through the restarted daemon, takes the NIC back and releases the lease."""
+    pci, name = lab.nic()
+    before = lab.node_link(name)
+    pod = lab.netns("pod")
+    cni_path, marker = _slow_ipam(lab)
     conf = lab.conf(deviceID=pci)
     conf["ipam"] = {"type": "slow-ipam"}
     d = Daemon(lab)
     try:
-        env = {**lab.env("ADD", pod), "CNI_PATH": f"{bin_dir}:{CNI_BIN}"}
+        env = {**lab.env("ADD", pod), "CNI_PATH": cni_path}
         stdin = lab.tmp / "stdin.json"
         stdin.write_text(json.dumps(conf))
         with stdin.open("rb") as f:
             proc = subprocess.Popen(
-                lab.in_node(str(lab.shim)),
+                lab.in_node(str(lab.plugin)),
                 stdin=f,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -625,104 +640,117 @@ def test_daemon_dies_mid_add(lab: Lab) -> None:
         out, err = proc.communicate(timeout=30)
     finally:
         d.stop()
-    assert proc.returncode == 1
-    assert json.loads(out)["code"] == 11
-    assert b"finishing in-process" in err
+    assert (proc.returncode, err) == (1, b"")
+    answer = json.loads(out)
+    assert answer["code"] == 11 and "broke off the call" in answer["msg"], answer
+    d = Daemon(lab)
+    try:
+        code, out, err = lab.run("DEL", conf, pod, env={"CNI_PATH": cni_path})
+        assert (code, out) == (0, None), err
+    finally:
+        d.stop()
     assert_untouched(lab, name, before)
     assert (lab.tmp / "ipam-dels").read_text() == "DEL\n"
 
 
-def test_stale_socket_falls_back(lab: Lab) -> None:
-    """A socket file left by a dead daemon: connection refused, in-process instead."""
+def test_daemon_down_between_add_and_del(lab: Lab) -> None:
+    """Nothing is lost while the daemon is away: its DEL is refused with "try again
+    later", the pod's namespace goes (the kernel hands the NIC back under its pod
+    name), and the restarted daemon puts the NIC home before the retried DEL comes,
+    which then releases the lease."""
     pci, name = lab.nic()
-    s = socket.socket(socket.AF_UNIX)
-    s.bind(str(lab.socket))
-    s.close()
+    before = lab.node_link(name)
     pod = lab.netns("pod")
-    code, _, err = lab.run("ADD", lab.conf(deviceID=pci), pod)
-    assert code == 0 and "running in-process" in err
-    assert lab.run("DEL", lab.conf(deviceID=pci), pod)[0] == 0
-    assert lab.node_link(name) is not None
+    conf = lab.conf(deviceID=pci, mtu=1400)
+    d = Daemon(lab)
+    try:
+        assert lab.run("ADD", conf, pod)[0] == 0
+    finally:
+        d.kill()
+    code, out, _ = lab.run("DEL", conf, pod)
+    assert code == 1 and out["code"] == 11, out
+    assert reservations(lab) == ["10.77.0.2"]  # kept until a DEL succeeds
+    lab.fake.move_netdev_out(pci)
+    _kernel_returns_device(lab, pod, "net1", pci)
+    assert lab.node_link("net1")["mtu"] == 1400
+    d = Daemon(lab)
+    try:
+        event = d.wait_event("nic_repaired")
+        assert (event["device"], event["netdev"], event["name"]) == (pci, "net1", name)
+        assert_untouched(lab, name, before)
+        code, out, err = lab.run("DEL", conf, pod)
+        assert (code, out) == (0, None), err
+    finally:
+        d.stop()
+    assert_untouched(lab, name, before)
+    assert reservations(lab) == []
+
+
+def test_rescan_repairs_too(lab: Lab) -> None:
+    """A NIC stranded while the daemon runs is put home by the next rescan (here SIGHUP)."""
+    pci, name = lab.nic()
+    before = lab.node_link(name)
+    pod = lab.netns("pod")
+    ifname = f"p{lab.suffix}"
+    d = Daemon(lab)
+    try:
+        d.wait_event("discovery_done")
+        assert lab.run("ADD", lab.conf(deviceID=pci, ipam=False), pod, ifname=ifname)[0] == 0
+        lab.fake.move_netdev_out(pci)
+        _kernel_returns_device(lab, pod, ifname, pci)
+        assert d.events("nic_repaired") == []
+        d.proc.send_signal(signal.SIGHUP)
+        event = d.wait_event("nic_repaired")
+        assert (event["device"], event["netdev"], event["name"]) == (pci, ifname, name)
+    finally:
+        d.stop()
+    assert_untouched(lab, name, before)
 
 
 # ------------------------------------------------------------------ installation
 
 
-def test_installed_shim(tmp_path: Path) -> None:
-    path = install_shim(tmp_path / "bin")
-    first = path.read_text().splitlines()[0]
-    interpreter = first[2:].split()[0]
-    if sys.prefix != sys.base_prefix:  # a venv: its own link, the one that sees its packages
-        assert interpreter == sys.executable
-    else:
-        assert interpreter == os.path.realpath(interpreter)
-    assert "/shims/" not in interpreter
-    assert os.access(path, os.X_OK)
-    assert real_interpreter("/usr/bin/python3") == "/usr/bin/python3"  # a symlink, kept
-    assert real_interpreter("/opt/node-only/python3") == "/opt/node-only/python3"
-    for wrapper in ("/root/.pyenv/shims/python3", __file__):
-        with pytest.raises(ValueError):
-            real_interpreter(wrapper)
-
-
-def test_shim_installed_from_a_venv_runs_with_the_venvs_packages(tmp_path: Path) -> None:
-    """`install-cni` run by a venv's python: the shim's in-process fallback needs the
-    venv's packages, which the base interpreter behind the venv's link does not see."""
-    venv_dir = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv_dir)], check=True)
-    install = "from deviceplugin.cni.install import install_shim; import sys; "
-    install += "print(install_shim(sys.argv[1]))"
-    shim_path = subprocess.run(
-        [str(venv_dir / "bin" / "python"), "-c", install, str(tmp_path / "bin")],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    interpreter = Path(shim_path).read_text().splitlines()[0][2:].split()[0]
-    prefix = subprocess.run(
-        [interpreter, "-c", "import sys; print(sys.prefix)"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    assert prefix == str(venv_dir)
-
-
-def test_fallback_without_package_says_so(lab: Lab) -> None:
-    """A node without netdp installed and no daemon: a clear "try again later"."""
-    lone = lab.tmp / "lone-ehost-device"
-    # Debian's python3.11: no deviceplugin, no pyroute2 (the one running tests may have both).
-    lone.write_text(shim_source("/usr/bin/python3.11", None))
-    lone.chmod(0o755)
-    pci, name = lab.nic()
-    code, out, err = lab.run("ADD", lab.conf(deviceID=pci), lab.netns("pod"), plugin=str(lone))
-    assert code == 1 and out["code"] == 11
-    assert "not installed" in out["msg"] and "running in-process" in err
-    assert lab.node_link(name) is not None
-
-
-def test_shim_imports_only_stdlib_basics() -> None:
-    """Top-level imports of the shim: os and sys; the rest is lazy, per path."""
-    tree = ast.parse(Path(shim.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    assert sorted(a.name for n in top for a in n.names) == ["os", "sys"]
-
-
-def test_shim_fast_path_loads_no_third_party(lab: Lab, daemon: Daemon) -> None:
-    probe = lab.tmp / "probe.py"
-    probe.write_text(
-        lab.shim.read_text()
-        .split("\n", 1)[1]
-        .replace(
-            "    sys.stderr.flush()\n",
-            "    sys.stderr.write(' '.join(sorted(sys.modules)))\n    sys.stderr.flush()\n",
-        )
-    )
+def test_installed_binary_needs_nothing_but_itself(lab: Lab) -> None:
+    """Installed with `netdp install-cni`, the file is a static ELF and does a whole
+    ADD and DEL in an empty root: no interpreter, no libraries, no python3, an
+    environment of CNI_* variables and the socket path only."""
+    root = lab.tmp / "empty-root"
     proc = subprocess.run(
-        lab.in_node(real_interpreter(), "-SE", str(probe)),
-        input=b'{"cniVersion":"1.1.0"}',
-        env=lab.env("VERSION", None),
-        capture_output=True,
-        timeout=30,
-    )
-    modules = proc.stderr.decode().split()
-    assert "_socket" in modules
-    for heavy in ("json", "socket", "pyroute2", "grpc", "deviceplugin", "structlog", "re"):
-        assert heavy not in modules
+        [sys.executable, "-m", "deviceplugin", "install-cni", "--dest", str(root)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    plugin = root / "ehost-device"
+    assert proc.stdout.startswith(f"installed {plugin} (")
+    assert sorted(p.name for p in root.iterdir()) == ["ehost-device"]
+    assert elf_facts(plugin.read_bytes()) == {"type": "EXEC", "interpreter": False,
+                                              "dynamic": False}  # fmt: skip
+    pci, name = lab.nic()
+    before = lab.node_link(name)
+    pod = lab.netns("pod")
+    d = Daemon(lab)
+    try:
+        os.link(lab.socket, root / "cni.sock")  # the daemon's socket, seen from inside
+        for command in ("ADD", "DEL"):
+            env = {
+                "CNI_COMMAND": command,
+                "CNI_CONTAINERID": "c1",
+                "CNI_NETNS": f"/run/netns/{pod}",
+                "CNI_IFNAME": "net1",
+                "CNI_PATH": CNI_BIN,  # where the daemon finds host-local
+                "NETDP_CNI_SOCKET": "/cni.sock",
+            }
+            proc = subprocess.run(
+                ["ip", "netns", "exec", lab.node, CHROOT, str(root), "/ehost-device"],
+                input=json.dumps(lab.conf(deviceID=pci)).encode(),
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            assert (proc.returncode, proc.stderr) == (0, b""), (command, proc)
+            if command == "ADD":
+                assert json.loads(proc.stdout)["ips"][0]["address"] == "10.77.0.2/24"
+                assert link_state("net1", pod) is not None
+    finally:
+        d.stop()
+    assert_untouched(lab, name, before)

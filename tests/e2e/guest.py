@@ -4,8 +4,9 @@ Under QEMU's software emulation every exec costs 0.1-0.3 s and Python runs
 about 15x slower than on the host, so a scenario is one process that imports
 deviceplugin once, runs the kubelet stand-in in-process and starts the daemon
 (`python -m deviceplugin run`) as its only Python child; shell work is batched
-into one `ip -batch` call where it can be. The CNI plugin is the installed
-`ehost-device` shim, run as the container runtime would run it.
+into one `ip -batch` call where it can be. The CNI plugin is the static
+`ehost-device` binary, installed with `netdp install-cni --dest` as the
+DaemonSet's init container does and run as the container runtime would run it.
 
 The driver records what it observed (facts, per-step timings, the daemon's
 log) in `<out>/result.json`; it asserts nothing it does not need to go on.
@@ -42,7 +43,8 @@ from helpers import DaemonProcess
 
 from deviceplugin import logs
 from deviceplugin.allocation import env_var_name
-from deviceplugin.cni.install import install_shim
+from deviceplugin.cli import main as netdp_main
+from deviceplugin.cni.install import PLUGIN_NAME
 
 # gRPC, the stand-in and the daemon are imported where first used: each costs
 # seconds under TCG, which the kubelet scenario spends starting its node instead.
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
 VIRT = "kernel.org/virt"
 SRIOV = "kernel.org/sriov"
 BASE = Path("/run/netdp-e2e")
-CNI_SOCKET = BASE / "cni.sock"
+CNI_SOCKET = BASE / "netdp" / "cni.sock"  # a directory of its own, as /run/netdp on a node
 PLUGIN_DIR = BASE / "device-plugins"
 METRICS = "127.0.0.1:9477"
 SYS_NET = Path("/sys/class/net")
@@ -185,7 +187,7 @@ def pod_addresses(netns: str) -> tuple[str, dict[str, list[str]]]:
 
 @dataclass
 class Node:
-    """This guest as a Kubernetes node: stand-in kubelet, netdp daemon, CNI shim."""
+    """This guest as a Kubernetes node: stand-in kubelet, netdp daemon, CNI plugin."""
 
     rec: Recorder
     kubelet: KubeletStandIn
@@ -194,7 +196,7 @@ class Node:
     daemons_started: int = 0
 
     def start_daemon(self) -> DaemonProcess:
-        """`netdp run`, serving the CNI shim's socket too, as in the DaemonSet."""
+        """`netdp run`, serving the CNI socket too, as in the DaemonSet."""
         args = [
             "--device-plugin-path", str(PLUGIN_DIR),
             "--devinfo-dir", str(BASE / "devinfo"),
@@ -272,10 +274,10 @@ def show_discovery(rec: Recorder, config_path: Path | None) -> dict[str, Any]:
 
 @dataclass
 class Cni:
-    """Calls the installed ehost-device shim the way a container runtime does."""
+    """Calls the installed ehost-device binary the way a container runtime does."""
 
     rec: Recorder
-    shim: Path
+    plugin: Path
     socket: Path
 
     def call(self, command: str, pod: str, pci: str | None = None) -> tuple[int, Any, str]:
@@ -297,24 +299,21 @@ class Cni:
             "CNI_CONTAINERID": f"ctr-{pod}",
             "CNI_NETNS": f"/run/netns/{pod}",
             "CNI_IFNAME": "net1",
-            "CNI_PATH": f"{self.shim.parent}:/usr/lib/cni",
+            "CNI_PATH": f"{self.plugin.parent}:/usr/lib/cni",
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
             "NETDP_CNI_SOCKET": str(self.socket),
-            "NETDP_CNI_LOCK_DIR": str(BASE / "cni-locks"),
         }
         started = time.monotonic()
         proc = subprocess.run(
-            [str(self.shim)], input=json.dumps(conf), env=env, capture_output=True, text=True
+            [str(self.plugin)], input=json.dumps(conf), env=env, capture_output=True, text=True
         )
         seconds = time.monotonic() - started
-        # The shim says on stderr whenever it runs (or finishes) a call in-process.
-        mode = "in-process" if "in-process" in proc.stderr else "daemon"
         self.rec.result.setdefault("cni_calls", []).append(
-            {"command": command, "pod": pod, "rc": proc.returncode, "mode": mode,
+            {"command": command, "pod": pod, "rc": proc.returncode, "stderr": proc.stderr,
              "seconds": round(seconds, 2)}
         )  # fmt: skip
         self.rec.say(f"CNI {command} {pod} (deviceID {pci}): exit {proc.returncode}, "
-                     f"{seconds:.2f} s, {mode}")  # fmt: skip
+                     f"{seconds:.2f} s")  # fmt: skip
         try:
             answer = json.loads(proc.stdout) if proc.stdout.strip() else None
         except json.JSONDecodeError:
@@ -338,20 +337,24 @@ class Cni:
 
 @contextmanager
 def node_running(rec: Recorder, config: Path | None = None) -> Iterator[tuple[Node, Cni]]:
-    """Stand-in kubelet + daemon (serving the CNI socket) + the installed shim."""
+    """Stand-in kubelet + daemon (serving the CNI socket) + the installed CNI plugin."""
     from deviceplugin.sim.kubelet import KubeletStandIn
 
     BASE.mkdir(parents=True, exist_ok=True)
-    with rec.step("install the ehost-device CNI shim"):
-        shim = install_shim(BASE / "cni-bin", sys.executable)
-        rec.say(f"{shim}: {shim.read_text().splitlines()[0]}; it talks to {CNI_SOCKET}")
+    cni_bin = BASE / "cni-bin"
+    with rec.step(f"netdp install-cni --dest {cni_bin}"):
+        if netdp_main(["install-cni", "--dest", str(cni_bin)]) != 0:
+            raise RuntimeError("netdp install-cni failed")
+        plugin = cni_bin / PLUGIN_NAME
+        rec.fact("installed_plugin", {"path": str(plugin), "size": plugin.stat().st_size})
+        rec.say(f"{plugin} talks to {CNI_SOCKET}")
     kubelet = KubeletStandIn(PLUGIN_DIR)
     node = Node(rec, kubelet, config=config)
     with rec.step(f"kubelet stand-in on {kubelet.socket_path}; start netdp"):
         kubelet.start()
         node.start_daemon()
     try:
-        yield node, Cni(rec, shim, CNI_SOCKET)
+        yield node, Cni(rec, plugin, CNI_SOCKET)
     finally:
         try:
             if node.daemon is not None and node.daemon.proc.poll() is None:
@@ -558,6 +561,51 @@ def scenario_restart(rec: Recorder) -> None:
             rec.fact("final", snapshot_fact(final))
 
 
+def scenario_repair(rec: Recorder) -> None:
+    """netdp is killed between a pod's ADD and DEL and the pod's namespace goes: the
+    kernel hands the virtio NIC back under its pod name, the restarted daemon puts it
+    home, and the retried DEL releases the lease."""
+    with rec.step("node set-up"):
+        before = host_netdevs()
+        ip_batch([*uplink_commands(), "netns add pod-a"])
+        rec.fact("host_netdevs_before", before)
+    with node_running(rec) as (node, cni):
+        with rec.step("registration; pod-a gets one NIC"):
+            conn, snap = node.registered(VIRT)
+            (pci,) = conn.preferred(sorted(snap.devices), [], 1)
+            conn.allocate([pci])
+            cni.add("pod-a", pci)
+            rec.fact("in_pod", pci)
+            rec.fact("host_netdevs_with_pod", host_netdevs())
+        with rec.step("SIGKILL netdp; the runtime's DEL gets 'try again later'"):
+            assert node.daemon is not None
+            node.daemon.kill()
+            node.save_daemon_log()
+            code, answer, _ = cni.call("DEL", "pod-a", pci)
+            rec.fact("del_without_daemon", {"rc": code, "answer": answer})
+        with rec.step("ip netns del pod-a: the kernel hands the NIC back as net1"):
+            run("ip", "netns", "del", "pod-a")
+            wait_for("net1 on the host", lambda: (SYS_NET / "net1").exists(), CHANGE_TIMEOUT_S)
+            returned = host_netdevs()
+            rec.fact("host_netdevs_returned", returned)
+            rec.fact("returned_alias", (SYS_NET / "net1" / "ifalias").read_text().strip())
+            rec.say(f"host netdevs now: {returned}")
+        with rec.step("restart netdp: it puts the NIC home under its own name"):
+            daemon = node.start_daemon()
+            event = daemon.wait_event("nic_repaired", timeout=REGISTER_TIMEOUT_S)
+            rec.fact("repair_event", {k: event.get(k) for k in ("device", "netdev", "name")})
+            repaired = host_netdevs()
+            rec.fact("host_netdevs_repaired", repaired)
+            name = next(n for n, p in repaired.items() if p == pci)
+            rec.fact("repaired_alias", (SYS_NET / name / "ifalias").read_text().strip())
+            rec.fact("repairs_metric", wait_metric("netdp_nic_repairs_total", "", 1.0, 30))
+            rec.say(f"host netdevs now: {repaired}")
+        with rec.step("the runtime's retried DEL succeeds and releases the lease"):
+            rec.fact("del_after_repair", cni.delete("pod-a", pci))
+            leases = BASE / "ipam" / "lab-net"
+            rec.fact("leases_left", sorted(p.name for p in leases.iterdir() if p.name[0].isdigit()))
+
+
 def scenario_health(rec: Recorder) -> None:
     """Carrier loss from the QEMU side (QMP set_link) turns a NIC Unhealthy, and back."""
     with rec.step("node set-up"):
@@ -701,6 +749,7 @@ def scenario_kubelet(rec: Recorder) -> None:
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "virtio": scenario_virtio,
     "restart": scenario_restart,
+    "repair": scenario_repair,
     "health": scenario_health,
     "sriov": scenario_sriov,
     "kubelet": scenario_kubelet,

@@ -7,7 +7,10 @@ runs the whole story once; each test checks one part of what it saw.
 from __future__ import annotations
 
 import pytest
+from helpers import elf_facts
 from vmrig import GuestRun, VmSpec, require
+
+from deviceplugin.cni import forwarder_build
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -50,10 +53,14 @@ def test_pods_get_net1_with_a_host_local_address(lab: GuestRun) -> None:
     assert len(moved) == 2, lab.facts["host_netdevs_with_pods"]
 
 
-def test_cni_calls_go_through_the_daemon(lab: GuestRun) -> None:
-    """The shim hands every call to the running daemon; no silent in-process fallback."""
+def test_cni_calls_go_through_the_installed_binary(lab: GuestRun) -> None:
+    """`netdp install-cni` put this package's static binary in place; every call
+    through it succeeded and said nothing on stderr."""
+    (installed,) = require(lab, "installed_plugin")
+    assert installed["size"] == forwarder_build.BINARY.stat().st_size
+    assert elf_facts(forwarder_build.BINARY.read_bytes())["interpreter"] is False
     assert lab.result is not None and lab.result.get("cni_calls"), lab.explain()
-    assert {c["mode"] for c in lab.result["cni_calls"]} == {"daemon"}, lab.result["cni_calls"]
+    assert {(c["rc"], c["stderr"]) for c in lab.result["cni_calls"]} == {(0, "")}
 
 
 def test_pods_ping_each_other_over_the_qemu_hub(lab: GuestRun) -> None:

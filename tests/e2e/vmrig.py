@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deviceplugin.cni.forwarder_build import ensure_in_place
+
 REPO = Path(__file__).resolve().parents[2]
 GUEST = Path(__file__).resolve().parent / "guest.py"
 DEFAULT_VM_RUN = REPO.parent / "shared" / "lab" / "vm-run.sh"
@@ -300,6 +302,8 @@ def prepare(python: str | None = None) -> float:
     )
     if setup.returncode != 0:
         raise RuntimeError(f"vm-run --setup failed:\n{setup.stdout}\n{setup.stderr}")
+    # The guest sees this checkout read-only: its ehost-device binary is built here.
+    ensure_in_place()
     subprocess.run(
         [python or real_python(), "-m", "compileall", "-q", "deviceplugin", "tests"],
         cwd=REPO,
