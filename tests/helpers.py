@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -278,3 +279,17 @@ def elf_facts(data: bytes) -> dict[str, object]:
         "interpreter": PT_INTERP in types,
         "dynamic": PT_DYNAMIC in types,
     }
+
+
+def cni_socket_call(sock: Path, request: bytes) -> bytes:
+    """Send a netdp-cni request to the daemon's socket, half-close, read the answer to EOF
+    (what the forwarder does, in Python, for calls the forwarder answers itself)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(sock))
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -7,6 +7,7 @@ warning; that warning, and every other log line, belongs on stderr, or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -72,10 +73,13 @@ def test_config_check_prints_only_its_report(degraded_sysfs: Path, tmp_path: Pat
     assert result.stdout == f"{config}: OK, 1 pool(s)\n  {name}  (env {env_var_name(name)})\n"
 
 
-def test_install_cni_prints_only_the_path(degraded_sysfs: Path, tmp_path: Path) -> None:
+def test_install_cni_prints_only_what_it_installed(degraded_sysfs: Path, tmp_path: Path) -> None:
     result = netdp(degraded_sysfs, "install-cni", "--dest", str(tmp_path / "bin"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"installed {tmp_path / 'bin' / 'ehost-device'}\n"
+    plugin = tmp_path / "bin" / "ehost-device"
+    data = plugin.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    assert result.stdout == f"installed {plugin} ({len(data)} bytes, sha256 {digest})\n"
 
 
 def test_version_prints_only_the_version(degraded_sysfs: Path) -> None:

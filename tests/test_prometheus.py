@@ -18,10 +18,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-from helpers import in_netns, is_root, make_node_netns, namespaces, sh, start_daemon
+from helpers import (
+    cni_socket_call,
+    in_netns,
+    is_root,
+    make_node_netns,
+    namespaces,
+    sh,
+    start_daemon,
+)
 from prom import prometheus, promtool, values
 
-from deviceplugin.cni import shim
+from deviceplugin.cni import wire
 from deviceplugin.sim.fakesysfs import virtio_lab
 from deviceplugin.sim.kubelet import KubeletStandIn
 from deviceplugin.sim.plugin_connection import Snapshot
@@ -109,8 +117,9 @@ def test_prometheus_sees_what_the_kubelet_sees(node, daemons, tmp_path) -> None:
                 )
 
                 # A CNI call through the daemon's socket is counted by command and result.
-                request = shim.encode_request({"CNI_COMMAND": "VERSION"}, b"{}")
-                assert shim.call_daemon(str(cni_socket), request)[0] == 0
+                request = wire.encode_request({"CNI_COMMAND": "VERSION"}, b"{}")
+                answer = cni_socket_call(cni_socket, request)
+                assert wire.decode_response(answer)[0] == 0
                 prom.wait_for(
                     'netdp_cni_calls_total{command="VERSION"}',
                     lambda r: values(r, "result") == {"ok": 1},

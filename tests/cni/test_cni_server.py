@@ -5,30 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 from pathlib import Path
 
 import pytest
+from helpers import cni_socket_call
 
 from deviceplugin.cni import server as server_module
 from deviceplugin.cni import wire
 from deviceplugin.cni.server import CniServer, secure_socket_dir
 from deviceplugin.cni.types import version_result
 from deviceplugin.observer import DaemonObserver
-
-
-def call(sock: Path, request: bytes) -> bytes:
-    """Send `request`, half-close, read the answer to EOF (the forwarder, in Python)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
-        s.connect(str(sock))
-        s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def serve(tmp_path: Path, sock: Path, *requests: bytes) -> list[bytes]:
@@ -38,7 +25,7 @@ def serve(tmp_path: Path, sock: Path, *requests: bytes) -> list[bytes]:
         server = CniServer(sock, sysfs_root=tmp_path, lock_dir=tmp_path / "locks")
         await server.start()
         try:
-            return [await asyncio.to_thread(call, sock, r) for r in requests]
+            return [await asyncio.to_thread(cni_socket_call, sock, r) for r in requests]
         finally:
             await server.stop()
 
@@ -162,7 +149,7 @@ def test_every_answered_call_is_reported_to_the_observer(tmp_path: Path) -> None
         await server.start()
         try:
             for request in requests:
-                await asyncio.to_thread(call, sock, request)
+                await asyncio.to_thread(cni_socket_call, sock, request)
         finally:
             await server.stop()
 
