@@ -137,3 +137,37 @@ def test_guest_interpreter_sees_this_interpreters_packages(tmp_path: Path) -> No
     assert prefix_of(real_python()) == sys.prefix  # and from here, this one's
     if sys.prefix == sys.base_prefix:  # no venv: resolved, no shim or link in the way
         assert real_python() == os.path.realpath(real_python())
+
+
+def fake_vm_run(tmp_path: Path, answers: list[str]) -> Path:
+    """A vm-run stand-in that plays `answers` in turn: `abort` is QEMU aborting during
+    boot (vm-run's exit 125 and its message), `fail` a guest command exiting 3."""
+    script = tmp_path / "vm-run.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'n=$(cat "{tmp_path}/count" 2>/dev/null || echo 0); echo $((n+1)) > "{tmp_path}/count"\n'
+        f'set -- {" ".join(answers)}; shift "$n"\n'
+        'case "$1" in\n'
+        "  abort) echo 'vm-run: the VM stopped without a result (qemu exit 134)' >&2; exit 125;;\n"
+        "  fail) exit 3;;\n"
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("answers", "code", "boots"),
+    [(["abort", "fail"], 3, 2), (["abort", "abort", "fail"], 125, 2), (["fail", "fail"], 3, 1)],
+)
+def test_a_qemu_abort_is_booted_again_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str], code: int, boots: int
+) -> None:
+    """QEMU's own crash gets one more boot; a scenario's failure never does."""
+    from vmrig import run_scenario
+
+    monkeypatch.setenv("NETDP_VM_RUN", str(fake_vm_run(tmp_path, answers)))
+    run = run_scenario("virtio", VmSpec(timeout_s=30), python=sys.executable)
+    assert run.returncode == code
+    assert int((tmp_path / "count").read_text()) == boots
+    assert ("first attempt: vm-run stderr" in run.logs) is (boots == 2)

@@ -228,7 +228,25 @@ def serve_requests(out: Path, qmp_socket: Path | None, handled: set[str]) -> Non
         tmp.rename(out / name)
 
 
+# QEMU 10's multi-threaded TCG now and then aborts on an internal assertion
+# (`iotlb_to_section: Assertion ... failed`) while the guest kernel is still
+# enumerating PCI, seconds before our command would start. That is QEMU's own
+# crash, never the scenario's doing, so such a run is repeated once.
+QEMU_ABORTED = "the VM stopped without a result (qemu exit 134)"
+
+
 def run_scenario(scenario: str, spec: VmSpec, python: str | None = None) -> GuestRun:
+    """Boot a VM, run `guest.py scenario` in it; once more if QEMU itself aborted."""
+    run = _run_once(scenario, spec, python)
+    if run.returncode == 125 and run.result is None and QEMU_ABORTED in run.stderr:
+        print(f"\ne2e {scenario}: QEMU aborted before the scenario ran; booting again")
+        again = _run_once(scenario, spec, python)
+        again.logs["first attempt: vm-run stderr"] = run.stderr
+        return again
+    return run
+
+
+def _run_once(scenario: str, spec: VmSpec, python: str | None) -> GuestRun:
     """Boot a VM, run `guest.py scenario` in it, collect its result and logs."""
     work = Path(tempfile.mkdtemp(prefix="ndp-e2e-", dir="/tmp"))
     out = work / "out"
