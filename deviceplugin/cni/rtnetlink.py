@@ -11,10 +11,9 @@ as pyroute2's `NetlinkError` with the errno and the kernel's extended-ack text.
 Why not `IPRoute` itself: a CNI ADD makes about ten requests, and `IPRoute`
 (pyroute2 0.9) spends 0.4-1.3 ms of Python on each in its asyncio core, plus
 0.5 ms per socket, which kept ehost-device behind Go's host-device. pyroute2's
-encoding and decoding alone cost 0.1-0.3 ms a message, so the queries ask for
-little: link queries leave out the per-protocol statistics (`IFLA_EXT_MASK`,
-as `ip link` does), and of a route dump only the default routes are decoded
-(pyroute2's `default_routes` parser), not every route of a busy node.
+encoding and decoding alone cost 0.1-0.3 ms a message, so a query decodes
+only what it needs: of a route dump only the default routes are decoded
+(pyroute2's own `default_routes` parser), not every route of a busy node.
 """
 
 from __future__ import annotations
@@ -47,10 +46,7 @@ from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_UNIVERSE, rtmsg
 from deviceplugin.cni.ports import Link
 from deviceplugin.routes import route_record
 
-# linux/rtnetlink.h (pyroute2 names no RTEXT_FILTER_* constant): no IPv4/IPv6
-# statistics in IFLA_AF_SPEC, a quarter of a link reply's bytes.
-RTEXT_FILTER_SKIP_STATS = 1 << 3
-_RECV_SIZE = 1 << 16  # a dump datagram is at most 32 KiB; one link without VF info ~1 KiB
+_RECV_SIZE = 1 << 16  # a dump datagram is at most 32 KiB; a link without VF info ~1.5 KiB
 
 Parser = Callable[[bytes, int, int], Any]
 
@@ -159,7 +155,8 @@ class RtnlSocket:
         """One link by index or name; None when there is none."""
         if name is not None and len(name.encode()) >= IFNAMSIZ:
             return None  # no link has it; the kernel would refuse the request (ERANGE)
-        query = _link_query(index)
+        query = ifinfmsg()
+        query["index"] = index
         if name is not None:
             query["attrs"].append(("IFLA_IFNAME", name))
         try:
@@ -171,7 +168,7 @@ class RtnlSocket:
         return link_of(replies[0]) if replies else None
 
     def links(self) -> list[Link]:
-        return [link_of(m) for m in self.request(_link_query(0), RTM_GETLINK, NLM_F_DUMP)]
+        return [link_of(m) for m in self.request(ifinfmsg(), RTM_GETLINK, NLM_F_DUMP)]
 
     def addresses(self, index: int) -> list[str]:
         """Global-scope addresses of link `index`, as "address/prefix"."""
@@ -206,11 +203,3 @@ class RtnlSocket:
             routes = self.request(query, RTM_GETROUTE, NLM_F_DUMP, parser=only_default)
             records += [route_record(m) for m in routes]
         return records
-
-
-def _link_query(index: int) -> ifinfmsg:
-    """RTM_GETLINK for link `index` (0: by name, or all), without per-protocol statistics."""
-    msg = ifinfmsg()
-    msg["index"] = index
-    msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    return msg

@@ -105,7 +105,7 @@ def test_answers_to_earlier_requests_are_skipped() -> None:
 
 def test_a_dump_over_several_datagrams(nss: Namespaces) -> None:
     ns = nss.add("dump")
-    for i in range(8):  # 16 links of ~1 KiB: more than the kernel's first 4 KiB datagram
+    for i in range(8):  # 17 links of ~1.5 KiB: more than the kernel's first datagram (4 KiB) holds
         nss.veth(f"d{i}a", ns, f"d{i}b", ns)
     with in_netns(ns), rtnl_socket() as sock:
         counting = CountingSocket(sock.sock)
