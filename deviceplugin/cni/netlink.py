@@ -121,7 +121,9 @@ def link_change(
     mtu: int | None = None,
     netns_fd: int | None = None,
 ) -> ifinfmsg:
-    """An RTM_SETLINK body that changes only what is given; `alias=""` clears the alias."""
+    """An RTM_SETLINK body that changes only what is given. `alias=""` clears the alias:
+    pyroute2 sends it as a lone NUL, which the kernel keeps as an empty alias and
+    reports as none (netlink, sysfs), as after `ip link set ... alias ""`."""
     msg = ifinfmsg()
     msg["index"] = index
     if up is not None:
