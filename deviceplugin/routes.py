@@ -34,24 +34,26 @@ def default_route_ifindexes(routes: Iterable[Mapping[str, Any]]) -> frozenset[in
     return frozenset(found)
 
 
+def route_record(msg: Any) -> dict[str, Any]:
+    """A pyroute2 `rtmsg` in the plain form above."""
+    multipath = msg.get_attr("RTA_MULTIPATH") or []
+    return {
+        "dst_len": msg["dst_len"],
+        "table": msg.get_attr("RTA_TABLE") or msg["table"],
+        "type": msg["type"],
+        "oif": msg.get_attr("RTA_OIF"),
+        "multipath_oifs": [hop["oif"] for hop in multipath],
+    }
+
+
 def _default_route_records(ipr: Any) -> list[dict[str, Any]]:
     """The default routes of `ipr`'s namespace in the plain form above."""
-    plain = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for msg in ipr.route("dump", family=family):
-            if msg["dst_len"] != 0:
-                continue  # not a default route: no attributes to read
-            multipath = msg.get_attr("RTA_MULTIPATH") or []
-            plain.append(
-                {
-                    "dst_len": msg["dst_len"],
-                    "table": msg.get_attr("RTA_TABLE") or msg["table"],
-                    "type": msg["type"],
-                    "oif": msg.get_attr("RTA_OIF"),
-                    "multipath_oifs": [hop["oif"] for hop in multipath],
-                }
-            )
-    return plain
+    return [
+        route_record(msg)
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for msg in ipr.route("dump", family=family)
+        if msg["dst_len"] == 0  # other routes: no attributes to read
+    ]
 
 
 def read_default_route_ifindexes(ipr: Any) -> frozenset[int]:

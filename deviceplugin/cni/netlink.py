@@ -1,15 +1,16 @@
-"""The kernel side of the CNI namespace port: rtnetlink on plain records.
+"""The kernel side of the CNI namespace port: pyroute2's rtnetlink messages on plain records.
 
 `NetlinkNamespaces` is the real `ports.Namespaces`: each namespace it opens
-is an fd (what a move targets) plus a netlink socket in it (`rtnetlink.py`),
-made on first use, so a namespace that only receives a device costs no
-socket. A netlink socket belongs to the namespace its thread was in when the
-socket was created, so a pod's socket is opened after a thread-local `setns`
-and the thread switches back at once: every later call runs on ordinary
-sockets, no forked helper. Moves between namespaces carry the new name in
-the same message, so a device is never visible under a clashing name and a
-failed move leaves it untouched. A kernel refusal becomes
-`ports.NetlinkRefused`, so the rules never see netlink.
+is an fd (what a move targets) plus a netlink socket in it (`rtnetlink.py`:
+pyroute2's messages on a plain socket), made on first use, so a namespace
+that only receives a device costs no socket. A netlink socket belongs to the
+namespace its thread was in when the socket was created, so a pod's socket is
+opened after a thread-local `setns` and the thread switches back at once:
+every later call runs on ordinary sockets, no forked helper. Moves between
+namespaces carry the new name in the same message, so a device is never
+visible under a clashing name and a failed move leaves it untouched.
+pyroute2's `NetlinkError` becomes `ports.NetlinkRefused`, so the rules never
+see netlink.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ import dataclasses
 import functools
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
+
+from pyroute2.iproute.linux import DEFAULT_TABLE as RT_TABLE_MAIN
+from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_NEWADDR, RTM_NEWROUTE, RTM_SETLINK, rt_proto, rt_type
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import RT_SCOPE_UNIVERSE, rtmsg
 
 from deviceplugin.cni import rtnetlink as rtnl
 from deviceplugin.cni.ports import Link, NamespaceGone, NetlinkRefused, Netns
@@ -78,13 +88,13 @@ def _socket_in(ns_fd: int) -> rtnl.RtnlSocket:
 
 
 def _refusals(method: Callable[P, R]) -> Callable[P, R]:
-    """The kernel's refusal as the port's `NetlinkRefused`."""
+    """pyroute2's `NetlinkError` (a kernel refusal) as the port's `NetlinkRefused`."""
 
     @functools.wraps(method)
     def translated(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except rtnl.KernelRefused as exc:
+        except NetlinkError as exc:
             raise NetlinkRefused(exc.code, str(exc)) from exc
 
     return translated
@@ -100,6 +110,67 @@ def broadcast_for(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> s
     if iface.version != 4 or iface.network.prefixlen >= 31:
         return None
     return str(iface.network.broadcast_address)
+
+
+def link_change(
+    index: int,
+    *,
+    up: bool | None = None,
+    name: str | None = None,
+    alias: str | None = None,
+    mtu: int | None = None,
+    netns_fd: int | None = None,
+) -> ifinfmsg:
+    """An RTM_SETLINK body that changes only what is given. `alias=""` clears the alias:
+    pyroute2 sends it as a lone NUL, which the kernel keeps as an empty alias and
+    reports as none (netlink, sysfs), as after `ip link set ... alias ""`."""
+    msg = ifinfmsg()
+    msg["index"] = index
+    if up is not None:
+        msg["flags"], msg["change"] = (IFF_UP if up else 0), IFF_UP
+    attrs = [
+        ("IFLA_NET_NS_FD", netns_fd),
+        ("IFLA_IFNAME", name),
+        ("IFLA_MTU", mtu),
+        ("IFLA_IFALIAS", alias),
+    ]
+    msg["attrs"] = [(kind, value) for kind, value in attrs if value is not None]
+    return msg
+
+
+def address_add(index: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> ifaddrmsg:
+    """An RTM_NEWADDR body: `iface` on link `index`, scope global, with Go's broadcast.
+    IPv6 skips duplicate address detection, as Go's host-device does (the address
+    is usable at once)."""
+    msg = ifaddrmsg()
+    msg["family"] = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+    msg["prefixlen"] = iface.network.prefixlen
+    msg["flags"] = IFA_F_NODAD if iface.version == 6 else 0
+    msg["scope"] = RT_SCOPE_UNIVERSE
+    msg["index"] = index
+    msg["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+    broadcast = broadcast_for(iface)
+    if broadcast is not None:
+        msg["attrs"].append(("IFA_BROADCAST", broadcast))
+    return msg
+
+
+def route_add(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network, oif: int, gateway: str | None
+) -> rtmsg:
+    """An RTM_NEWROUTE body in the main table, protocol boot (as `ip route add` and Go's
+    netlink)."""
+    msg = rtmsg()
+    msg["family"] = socket.AF_INET6 if network.version == 6 else socket.AF_INET
+    msg["dst_len"] = network.prefixlen
+    msg["table"] = RT_TABLE_MAIN
+    msg["proto"] = rt_proto["boot"]
+    msg["scope"] = RT_SCOPE_UNIVERSE
+    msg["type"] = rt_type["unicast"]
+    msg["attrs"] = [("RTA_DST", str(network.network_address)), ("RTA_OIF", oif)]
+    if gateway:
+        msg["attrs"].append(("RTA_GATEWAY", gateway))
+    return msg
 
 
 class Namespace:
@@ -142,15 +213,15 @@ class Namespace:
 
     @_refusals
     def set_up(self, index: int) -> None:
-        self.sock.change(rtnl.RTM_SETLINK, rtnl.ifinfomsg(index, rtnl.IFF_UP, rtnl.IFF_UP))
+        self.sock.change(link_change(index, up=True), RTM_SETLINK)
 
     @_refusals
     def set_down(self, index: int) -> None:
-        self.sock.change(rtnl.RTM_SETLINK, rtnl.ifinfomsg(index, 0, rtnl.IFF_UP))
+        self.sock.change(link_change(index, up=False), RTM_SETLINK)
 
     @_refusals
     def restore(self, index: int, name: str, mtu: int | None, alias: str) -> None:
-        self._set(index, rtnl.link_attrs(name=name, alias=alias, mtu=mtu))
+        self.sock.change(link_change(index, name=name, alias=alias, mtu=mtu), RTM_SETLINK)
 
     @_refusals
     def move(
@@ -162,29 +233,23 @@ class Namespace:
         """
         if not isinstance(target, Namespace):
             raise TypeError(f"a kernel link moves only into a kernel namespace, not {target!r}")
-        self._set(index, rtnl.link_attrs(name=name, alias=alias, mtu=mtu, netns_fd=target.fd))
-
-    def _set(self, index: int, attrs: bytes) -> None:
-        """One RTM_SETLINK: every attribute in one message."""
-        self.sock.change(rtnl.RTM_SETLINK, rtnl.ifinfomsg(index) + attrs)
+        change = link_change(index, name=name, alias=alias, mtu=mtu, netns_fd=target.fd)
+        self.sock.change(change, RTM_SETLINK)
 
     @_refusals
     def default_route_ifindexes(self) -> frozenset[int]:
-        return default_route_ifindexes(self.sock.route_records())
+        return default_route_ifindexes(self.sock.default_route_records())
 
     @_refusals
     def configure(
         self, index: int, mtu: int | None, ips: tuple[IpConfig, ...], routes: tuple[Route, ...]
     ) -> None:
         """MTU, up, addresses, then routes; routes without a gateway use the family's one."""
-        up = rtnl.ifinfomsg(index, rtnl.IFF_UP, rtnl.IFF_UP) + rtnl.link_attrs(mtu=mtu)
-        self.sock.change(rtnl.RTM_SETLINK, up)
-        create = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
+        self.sock.change(link_change(index, up=True, mtu=mtu), RTM_SETLINK)
+        create = NLM_F_CREATE | NLM_F_EXCL
         for ip in ips:
             iface = ipaddress.ip_interface(ip.address)
-            flags = rtnl.IFA_F_NODAD if iface.version == 6 else 0
-            body = rtnl.addr_body(index, iface, flags=flags, broadcast=broadcast_for(iface))
-            self.sock.change(rtnl.RTM_NEWADDR, body, create)
+            self.sock.change(address_add(index, iface), RTM_NEWADDR, create)
         gateways: dict[int, str] = {}
         for ip in ips:
             if ip.gateway:
@@ -192,7 +257,7 @@ class Namespace:
         for route in routes:
             net = ipaddress.ip_network(route.dst, strict=False)
             gw = route.gw or gateways.get(net.version)
-            self.sock.change(rtnl.RTM_NEWROUTE, rtnl.route_body(net, index, gw), create)
+            self.sock.change(route_add(net, index, gw), RTM_NEWROUTE, create)
 
 
 class NetlinkNamespaces:
