@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import child_env, compile_package, cpu_seconds, quantile
+from common import REPO, child_env, compile_package, cpu_seconds, quantile
 
 from deviceplugin import logs, pools, sysfs
 from deviceplugin.api.v1beta1 import api_pb2
@@ -192,7 +192,7 @@ def bench_daemon(
                      "--device-plugin-path", str(plugins), "--devinfo-dir", str(root / "di"),
                      "--log-level", "warning", "--metrics-address", "127.0.0.1:0",
                      "--cni-socket", ""],
-                    stderr=subprocess.DEVNULL, env=child_env(),
+                    stderr=subprocess.DEVNULL, env=child_env(), cwd=REPO,
                 )  # fmt: skip
                 try:
                     conn = kubelet.wait_registered(RESOURCE, timeout=30, newer_than=conn)

@@ -24,7 +24,8 @@ def compile_package() -> None:
 
 
 def child_env() -> dict[str, str]:
-    """The environment of a daemon started here: this checkout's package, not an installed one."""
+    """The environment of a daemon started here: this checkout's package, not an installed one
+    (`python -m` also puts the working directory first: start it with `cwd=REPO`)."""
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
