@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, quantile, sh
+from common import REPO, child_env, compile_package, cpu_seconds, quantile, sh
 from pyroute2 import IPRoute
 
 from deviceplugin.sim.fakesysfs import sriov_topology, tmpfs_tempdir
@@ -40,12 +40,6 @@ from deviceplugin.sim.plugin_connection import PluginConnection, Snapshot
 VF_POOL, BURST_POOL, LINK_POOL = "bench.io/vf", "bench.io/burst", "bench.io/link"
 LINK_NIC = "0000:30:00.0"
 BURST_PF = "0000:40:00.0"
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Node:
@@ -105,9 +99,8 @@ def start_daemon(node: Node, log: Path) -> subprocess.Popen[bytes]:
         "--log-level", "debug", "--log-format", "json",
         "--metrics-address", "127.0.0.1:0", "--cni-socket", "",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("w") as stderr:
-        return subprocess.Popen(command, cwd=REPO, env=env, stderr=stderr)
+        return subprocess.Popen(command, cwd=REPO, env=child_env(), stderr=stderr)
 
 
 def relink_seconds(log: Path) -> list[float]:
@@ -175,6 +168,7 @@ def main() -> int:
     parser.add_argument("--toggles", type=int, default=200, help="link down+up cycles")
     parser.add_argument("--idle", type=float, default=60.0, help="idle CPU window, seconds")
     args = parser.parse_args()
+    compile_package()
     with tmpfs_tempdir("bl-") as root:
         node = Node(root)
         daemon = None

@@ -83,30 +83,81 @@ def device_info(
     return info
 
 
-def container_allocation(
+def _numa_key(device: Device) -> str:
+    """Sorts as the NUMA node does; no known node is its own group, first."""
+    return "" if device.numa_node is None else f"{device.numa_node:06d}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolIndex:
+    """A pool's devices with what answering the kubelet needs, worked out once.
+
+    The servicer builds it when the pool's devices change, not per call: the
+    env keys, each device's `_INFO` entry as JSON text, and the devices
+    grouped by NUMA node and PF for `preferred_allocation`. With 1024 VFs
+    every GetPreferredAllocation names them all, so per-call work must stay
+    near a set lookup per device.
+    """
+
+    resource_name: str
+    devices: Mapping[str, Device]
+    env_key: str
+    info_key: str
+    # PCI address -> `"<address>": {...}`, a member of the `_INFO` object (keys sorted).
+    info_members: Mapping[str, str]
+    # NUMA key -> PF key -> ids in address order; keys as `_numa_key` and `_pf_key` give them.
+    groups: Mapping[str, Mapping[str, tuple[str, ...]]]
+    placement: Mapping[str, tuple[str, str]]  # id -> (NUMA key, PF key)
+
+
+def index_pool(
     resource_name: str,
-    pool: Mapping[str, Device],
-    device_ids: Sequence[str],
+    devices: Iterable[Device],
     additional_info: Mapping[str, Mapping[str, str]] | None = None,
-) -> ContainerAllocation:
+) -> PoolIndex:
+    """Everything per-call answers need from a pool's devices and settings."""
+    by_id = {d.pci_address: d for d in sorted(devices, key=lambda d: d.pci_address)}
+    placement = {i: (_numa_key(d), _pf_key(d)) for i, d in by_id.items()}
+    groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for i, (numa, pf) in placement.items():
+        groups[numa][pf].append(i)
+    return PoolIndex(
+        resource_name=resource_name,
+        devices=by_id,
+        env_key=env_var_name(resource_name),
+        info_key=info_env_name(resource_name),
+        info_members={
+            i: f"{json.dumps(i)}: {json.dumps(device_info(d, additional_info), sort_keys=True)}"
+            for i, d in by_id.items()
+        },
+        groups={n: {pf: tuple(ids) for pf, ids in by_pf.items()} for n, by_pf in groups.items()},
+        placement=placement,
+    )
+
+
+def info_env_value(pool: PoolIndex, device_ids: Iterable[str]) -> str:
+    """The `_INFO` JSON for these devices: `json.dumps({id: device_info}, sort_keys=True)`,
+    assembled from the members worked out once per pool."""
+    members = (pool.info_members[i] for i in sorted(set(device_ids)))
+    return "{" + ", ".join(members) + "}"
+
+
+def container_allocation(pool: PoolIndex, device_ids: Sequence[str]) -> ContainerAllocation:
     """The env and device nodes for one container's share of a pool.
 
     Raises `UnknownDevicesError` naming every id not in the pool: the kubelet
     only asks for what we advertised, so anything else is a stale view that
     must fail loudly rather than hand a pod the wrong NIC.
     """
-    unknown = [i for i in device_ids if i not in pool]
+    unknown = [i for i in device_ids if i not in pool.devices]
     if unknown:
-        raise UnknownDevicesError(resource_name, unknown)
-    devices = [pool[i] for i in device_ids]
+        raise UnknownDevicesError(pool.resource_name, unknown)
     envs = {
-        env_var_name(resource_name): ",".join(d.pci_address for d in devices),
-        info_env_name(resource_name): json.dumps(
-            {d.pci_address: device_info(d, additional_info) for d in devices}, sort_keys=True
-        ),
+        pool.env_key: ",".join(device_ids),
+        pool.info_key: info_env_value(pool, device_ids),
     }
     nodes: list[DeviceNode] = []
-    vfio = [d.vfio_device for d in devices if d.vfio_device]
+    vfio = [v for i in device_ids if (v := pool.devices[i].vfio_device)]
     if vfio:
         nodes.append(DeviceNode(VFIO_CONTAINER_NODE, VFIO_CONTAINER_NODE))
         nodes.extend(DeviceNode(path, path) for path in dict.fromkeys(vfio))
@@ -148,7 +199,7 @@ def _fill_from_groups(
 
 
 def preferred_allocation(
-    pool: Mapping[str, Device],
+    pool: PoolIndex,
     available: Sequence[str],
     must_include: Sequence[str],
     size: int,
@@ -159,38 +210,38 @@ def preferred_allocation(
     costs latency), then packs onto the fewest PFs. Ids the pool does not
     know are ignored: the kubelet makes the final choice anyway.
     """
-    chosen = [i for i in dict.fromkeys(must_include) if i in pool][:size]
-    candidates = sorted(i for i in set(available) - set(chosen) if i in pool)
+    chosen = [i for i in dict.fromkeys(must_include) if i in pool.devices][:size]
     need = size - len(chosen)
-    if need <= 0 or not candidates:
+    if need <= 0:
         return chosen
-
-    def numa(i: str) -> str:
-        node = pool[i].numa_node
-        return "" if node is None else f"{node:06d}"
-
-    by_numa: dict[str, list[str]] = defaultdict(list)
-    for i in candidates:
-        by_numa[numa(i)].append(i)
-    favoured_numa = [numa(i) for i in chosen]
-    fitting = [k for k, v in by_numa.items() if len(v) >= need]
+    free = set(available).difference(chosen)
+    # The candidates, grouped by NUMA node and PF, each group in address order.
+    by_numa: dict[str, dict[str, list[str]]] = {}
+    for numa, by_pf in pool.groups.items():
+        found = {pf: hits for pf, ids in by_pf.items() if (hits := [i for i in ids if i in free])}
+        if found:
+            by_numa[numa] = found
+    if not by_numa:
+        return chosen
+    counts = {numa: sum(map(len, by_pf.values())) for numa, by_pf in by_numa.items()}
+    favoured_numa = [pool.placement[i][0] for i in chosen]
+    fitting = [k for k, n in counts.items() if n >= need]
     if any(k in fitting for k in favoured_numa):
         numa_order = [next(k for k in favoured_numa if k in fitting)]
     elif fitting:
-        numa_order = [min(fitting, key=lambda k: (len(by_numa[k]), k))]
+        numa_order = [min(fitting, key=lambda k: (counts[k], k))]
     else:
         numa_order = list(dict.fromkeys(favoured_numa)) + sorted(
-            (k for k in by_numa if k not in favoured_numa), key=lambda k: (-len(by_numa[k]), k)
+            (k for k in counts if k not in favoured_numa), key=lambda k: (-counts[k], k)
         )
 
     for key in numa_order:
         if need <= 0:
             break
-        groups: dict[str, list[str]] = defaultdict(list)
-        for i in by_numa.get(key, []):
-            groups[_pf_key(pool[i])].append(i)
         take = _fill_from_groups(
-            groups, min(need, len(by_numa.get(key, []))), (_pf_key(pool[i]) for i in chosen)
+            by_numa.get(key, {}),
+            min(need, counts.get(key, 0)),
+            (pool.placement[i][1] for i in chosen),
         )
         chosen.extend(take)
         need -= len(take)

@@ -8,10 +8,8 @@ anything on the node is touched, with a non-zero exit status.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +18,12 @@ from typing import TYPE_CHECKING
 from deviceplugin import __version__
 
 if TYPE_CHECKING:
+    from deviceplugin.cni.server import CniServer
     from deviceplugin.config import Config
     from deviceplugin.daemon import Settings
     from deviceplugin.diff import NodeState
+    from deviceplugin.http_endpoint import MetricsServer
+    from deviceplugin.metrics import Metrics
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -139,6 +140,8 @@ def _load_config(path: str | Path | None) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from deviceplugin.daemon import Settings, WatchMode
     from deviceplugin.listen_address import parse_address
 
@@ -171,22 +174,30 @@ async def _serve(
     """The daemon plus its two side servers: metrics/probes and the CNI socket.
 
     The metrics server starts first so liveness answers during a slow first
-    scan; both stop after the daemon has cleaned up its kubelet sockets.
+    scan; both stop after the daemon has cleaned up its kubelet sockets. A
+    side server that is switched off is not imported at all: without metrics
+    no prometheus_client, without the CNI socket no CNI code.
     """
-    from deviceplugin.cni.server import CniServer
-    from deviceplugin.daemon import Daemon
-    from deviceplugin.http_endpoint import MetricsServer, readiness
-    from deviceplugin.metrics import Metrics
+    import asyncio
+    import signal
 
-    metrics = Metrics()
-    cni = (
-        CniServer(cni_socket, settings.sysfs_root, observer=metrics)
-        if cni_socket is not None
-        else None
-    )
+    from deviceplugin.daemon import Daemon
+    from deviceplugin.observer import DaemonObserver
+
+    metrics: Metrics | None = None
+    if metrics_address is not None:
+        from deviceplugin.metrics import Metrics
+
+        metrics = Metrics()
+    observer = metrics or DaemonObserver()
+    cni: CniServer | None = None
+    if cni_socket is not None:
+        from deviceplugin.cni.server import CniServer
+
+        cni = CniServer(cni_socket, settings.sysfs_root, observer=observer)
     # The CNI side puts back NICs that lost calls stranded, before each scan.
     repair = cni.executor.repair if cni is not None else None
-    daemon = Daemon(config, settings, observer=metrics, repair=repair)
+    daemon = Daemon(config, settings, observer=observer, repair=repair)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,7 +206,9 @@ async def _serve(
     run: asyncio.Task[None] | None = None
     side: list[MetricsServer | CniServer] = []
     try:
-        if metrics_address is not None:
+        if metrics is not None and metrics_address is not None:
+            from deviceplugin.http_endpoint import MetricsServer, readiness
+
             side.append(
                 MetricsServer(
                     metrics,

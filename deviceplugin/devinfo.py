@@ -51,3 +51,38 @@ def remove_devinfo(paths: list[Path]) -> None:
     """Remove files written earlier; already-gone files are fine."""
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+class PoolDevinfo:
+    """One pool's device-info files: each written on its device's first Allocate, and
+    again only if its document changed or the file went away.
+
+    A document depends on nothing that changes while the device exists (its
+    address and its PF's), so rewriting it on every Allocate was five syscalls
+    of pure repetition; one `stat` per Allocate still notices a deleted file.
+    """
+
+    def __init__(self, directory: Path, resource_name: str) -> None:
+        self._directory = str(directory)
+        self._resource_name = resource_name
+        self._written: dict[str, dict[str, Any]] = {}  # path -> document
+
+    def ensure(self, device: Device) -> None:
+        """The device's file, as `write_devinfo` writes it, unless it is there already."""
+        path = os.path.join(
+            self._directory, devinfo_filename(self._resource_name, device.pci_address)
+        )
+        document = devinfo_document(device)
+        if self._written.get(path) == document and os.path.exists(path):
+            return
+        write_devinfo_file(Path(path), device)
+        self._written[path] = document
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file written so far, in name order."""
+        return [Path(p) for p in sorted(self._written)]
+
+    def remove_all(self) -> None:
+        remove_devinfo(self.paths)
+        self._written.clear()

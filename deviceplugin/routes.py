@@ -63,13 +63,21 @@ def read_default_route_ifindexes(ipr: Any) -> frozenset[int]:
 
 
 def default_route_interfaces() -> frozenset[str]:
-    """Names of the interfaces that carry a default route in this namespace."""
+    """Names of the interfaces that carry a default route in this namespace.
+
+    Only those links are asked for: pyroute2 decodes a link in about 0.6 ms
+    here, and a node with 1024 VF netdevs would spend over half a second per
+    rescan decoding a full link dump for the one or two names it needs.
+    """
     from pyroute2 import IPRoute  # imported late: ~190 ms, and the CNI shim must not pay it
+    from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:
-        indexes = read_default_route_ifindexes(ipr)
         names = set()
-        for link in ipr.get_links():
-            if link["index"] in indexes:
-                names.add(link.get_attr("IFLA_IFNAME"))
+        for index in sorted(read_default_route_ifindexes(ipr)):
+            try:
+                links = ipr.link("get", index=index)
+            except NetlinkError:  # gone since the route dump: it carries no route now
+                continue
+            names.update(link.get_attr("IFLA_IFNAME") for link in links)
     return frozenset(names)

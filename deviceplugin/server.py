@@ -5,6 +5,12 @@ endpoint per extended resource. The servicer holds the pool's current
 devices; the daemon pushes new state with `update`, and every open
 ListAndWatch stream sends a fresh snapshot when, and only when, it changed.
 The decisions themselves (env keys, preferred ids) live in `allocation`.
+
+What Allocate and GetPreferredAllocation need from the devices (env keys,
+each device's `_INFO` entry, NUMA and PF groups: `allocation.PoolIndex`) is
+worked out in `update`, once per change, so each call does only the part
+that depends on the ids it names; a device-info file is written once per
+device, not once per call.
 """
 
 from __future__ import annotations
@@ -82,9 +88,13 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._spec = pool
         self.resource_name = pool.resource_name
         self.socket_path = plugin_dir / socket_name(pool.resource_name)
-        self._devinfo_dir = devinfo_dir
-        self._devinfo_files: set[Path] = set()
+        self._devinfo = (
+            devinfo.PoolDevinfo(devinfo_dir, pool.resource_name)
+            if devinfo_dir is not None
+            else None
+        )
         self._devices: dict[str, Device] = {}
+        self._index = allocation.index_pool(pool.resource_name, (), pool.additional_info)
         self._health: dict[str, Health] = {}
         self._version = 0
         self._changed = asyncio.Condition()
@@ -123,7 +133,10 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         if spec.resource_name != self.resource_name:
             raise ValueError(f"{self.resource_name} cannot become {spec.resource_name}")
         reregister = spec.exclude_topology != self._spec.exclude_topology
+        reindex = spec.additional_info != self._spec.additional_info
         self._spec = spec
+        if reindex:
+            self._reindex()
         if reregister:
             await self.restart()
         return reregister
@@ -133,6 +146,16 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         return tuple(self._devices.values())
 
     @property
+    def index(self) -> allocation.PoolIndex:
+        """What the allocation calls answer from; rebuilt when devices or settings change."""
+        return self._index
+
+    def _reindex(self) -> None:
+        self._index = allocation.index_pool(
+            self.resource_name, self._devices.values(), self._spec.additional_info
+        )
+
+    @property
     def health(self) -> Mapping[str, Health]:
         return dict(self._health)
 
@@ -140,21 +163,32 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         """Replace the pool's devices; wake ListAndWatch streams only if the kubelet's view changes.
 
         Returns whether anything the kubelet sees (ids, health, NUMA) changed.
-        Other attribute changes (a netdev renamed) are stored silently. The
-        first update always counts: until then ListAndWatch holds back, so a
-        server may register before the first scan is done without ever
-        advertising a premature empty pool.
+        Other attribute changes (a netdev renamed) are stored silently, and
+        rebuild what Allocate answers from. The first update always counts:
+        until then ListAndWatch holds back, so a server may register before
+        the first scan is done without ever advertising a premature empty pool.
         """
         new_devices = {d.pci_address: d for d in sorted(devices, key=lambda d: d.pci_address)}
         new_health = {i: health.get(i, Health.HEALTHY) for i in new_devices}
-        before = self._snapshot()
+        before = self._visible()
+        changed_devices = new_devices != self._devices
         self._devices, self._health = new_devices, new_health
-        if before == self._snapshot() and self._version > 0:  # version 0: never updated
+        if changed_devices:
+            self._reindex()
+        if before == self._visible() and self._version > 0:  # version 0: never updated
             return False
         async with self._changed:
             self._version += 1
             self._changed.notify_all()
         return True
+
+    def _visible(self) -> tuple[tuple[str, str, int | None], ...]:
+        """What a ListAndWatch snapshot says, as plain data: comparing it costs no messages."""
+        hide_numa = self._spec.exclude_topology
+        return tuple(
+            (i, self._health.get(i, Health.HEALTHY).value, None if hide_numa else d.numa_node)
+            for i, d in self._devices.items()
+        )
 
     def _snapshot(self) -> api_pb2.ListAndWatchResponse:
         return snapshot_message(
@@ -226,8 +260,8 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
             return False
 
     def remove_devinfo_files(self) -> None:
-        devinfo.remove_devinfo(sorted(self._devinfo_files))
-        self._devinfo_files.clear()
+        if self._devinfo is not None:
+            self._devinfo.remove_all()
 
     # ---- gRPC --------------------------------------------------------------------------
     async def GetDevicePluginOptions(
@@ -260,16 +294,14 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.PreferredAllocationRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PreferredAllocationResponse:
         started = time.perf_counter()
+        pool = self._index
         responses = []
         for req in request.container_requests:
             ids = allocation.preferred_allocation(
-                self._devices,
-                list(req.available_deviceIDs),
-                list(req.must_include_deviceIDs),
-                req.allocation_size,
+                pool, req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size
             )
             responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
-            self.log.info("preferred_allocation", size=req.allocation_size, preferred=ids)
+            self.log.debug("preferred_allocation", size=req.allocation_size, preferred=ids)
         if self._on_preferred:
             self._on_preferred(self.resource_name, time.perf_counter() - started)
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
@@ -278,17 +310,16 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.AllocateResponse:
         started = time.perf_counter()
-        count = sum(len(r.devices_ids) for r in request.container_requests)
+        pool = self._index
+        containers = [list(r.devices_ids) for r in request.container_requests]
+        count = sum(map(len, containers))
         responses = []
         try:
-            for req in request.container_requests:
-                ids = list(req.devices_ids)
-                result = allocation.container_allocation(
-                    self.resource_name, self._devices, ids, self._spec.additional_info
-                )
+            for ids in containers:
+                result = allocation.container_allocation(pool, ids)
                 responses.append(
                     api_pb2.ContainerAllocateResponse(
-                        envs=dict(result.envs),
+                        envs=result.envs,
                         devices=[
                             api_pb2.DeviceSpec(
                                 container_path=n.container_path,
@@ -299,13 +330,14 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
                         ],
                     )
                 )
-                self._write_devinfo(ids)
-                self.log.info("allocated", devices=ids)
+                self._write_devinfo(pool, ids)
         except allocation.UnknownDevicesError as exc:
             self.log.warning("allocate_rejected", unknown=list(exc.unknown))
             if self._on_allocate:
                 self._on_allocate(self.resource_name, time.perf_counter() - started, count, False)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        # One line per call, whatever the number of containers.
+        self.log.info("allocated", devices=[i for ids in containers for i in ids])
         if self._on_allocate:
             self._on_allocate(self.resource_name, time.perf_counter() - started, count, True)
         return api_pb2.AllocateResponse(container_responses=responses)
@@ -315,14 +347,12 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
     ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
 
-    def _write_devinfo(self, ids: Sequence[str]) -> None:
+    def _write_devinfo(self, pool: allocation.PoolIndex, ids: Sequence[str]) -> None:
         """Best effort: a full disk must not fail the pod's admission, only its annotation."""
-        if self._devinfo_dir is None:
+        if self._devinfo is None:
             return
         for i in ids:
             try:
-                self._devinfo_files.add(
-                    devinfo.write_devinfo(self._devinfo_dir, self.resource_name, self._devices[i])
-                )
+                self._devinfo.ensure(pool.devices[i])
             except OSError as exc:
                 self.log.warning("devinfo_write_failed", device=i, error=str(exc))

@@ -28,7 +28,6 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,30 +124,35 @@ def _required(dir_fd: int, name: str, parse: Callable[[str], T]) -> T:
         raise _Skip(f"{name}: {exc}") from None
 
 
-def _tolerant(
-    read: Callable[[], str], what: str, parse: Callable[[str], T], warnings: list[str], default: T
-) -> T:
-    """Absent is normal (not every device has every file or link); broken is worth a warning."""
-    try:
-        return parse(read())
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        warnings.append(f"{what} unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"{what}: {exc}")
-    return default
-
-
+# `_optional` and `_link` are the scan's inner loop (a dozen calls per VF): each reads and
+# judges in one function, no partial and no shared helper in between. Every file read
+# goes through `_read_text` (the tests make devices vanish mid-scan there).
 def _optional(
     dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T
 ) -> T:
-    return _tolerant(partial(_read_text, name, dir_fd), name, parse, warnings, default)
+    """Absent is normal (not every device has every file); broken is worth a warning."""
+    try:
+        return parse(_read_text(name, dir_fd))
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        warnings.append(f"{name} unreadable: {exc.strerror}")
+    except ValueError as exc:
+        warnings.append(f"{name}: {exc}")
+    return default
 
 
 def _link(dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T) -> T:
-    read = partial(os.readlink, name, dir_fd=dir_fd)
-    return _tolerant(read, f"{name} link", parse, warnings, default)
+    """As `_optional`, for a symlink's target."""
+    try:
+        return parse(os.readlink(name, dir_fd=dir_fd))
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        warnings.append(f"{name} link unreadable: {exc.strerror}")
+    except ValueError as exc:
+        warnings.append(f"{name} link: {exc}")
+    return default
 
 
 def _carrier(dir_fd: int, path: str, warnings: list[str]) -> bool | None:

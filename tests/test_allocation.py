@@ -9,12 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deviceplugin.allocation import (
+    PoolIndex,
     UnknownDevicesError,
     container_allocation,
+    device_info,
     env_var_name,
+    index_pool,
     info_env_name,
-    preferred_allocation,
 )
+from deviceplugin.allocation import preferred_allocation as preferred_from_index
 from deviceplugin.model import Device, NetDev
 
 
@@ -36,6 +39,14 @@ def pool_of(*devices: Device) -> dict[str, Device]:
     return {d.pci_address: d for d in devices}
 
 
+def index(pool: dict[str, Device], extra=None, resource: str = "kernel.org/virt") -> PoolIndex:
+    return index_pool(resource, pool.values(), extra)
+
+
+def preferred_allocation(pool, available, must_include, size) -> list[str]:
+    return preferred_from_index(index(pool), available, must_include, size)
+
+
 def test_env_key_matches_sriov_device_plugin() -> None:
     assert env_var_name("kernel.org/virt") == "PCIDEVICE_KERNEL_ORG_VIRT"
     assert env_var_name("intel.com/intel_sriov_netdevice") == (
@@ -48,7 +59,7 @@ def test_env_key_matches_sriov_device_plugin() -> None:
 
 def test_netdevice_allocation_env_and_info() -> None:
     a, b = vf(1, 0), vf(1, 1)
-    result = container_allocation("kernel.org/virt", pool_of(a, b), [b.pci_address, a.pci_address])
+    result = container_allocation(index(pool_of(a, b)), [b.pci_address, a.pci_address])
     assert result.envs["PCIDEVICE_KERNEL_ORG_VIRT"] == f"{b.pci_address},{a.pci_address}"
     info = json.loads(result.envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"])
     assert info[a.pci_address]["generic"] == {"deviceID": a.pci_address, "netdev": "pf1v0"}
@@ -61,7 +72,8 @@ def test_vfio_allocation_gets_device_nodes_once_per_group() -> None:
     b = vf(1, 1, driver="vfio-pci", group=41)
     c = vf(1, 2, driver="vfio-pci", group=41)  # shares b's group
     result = container_allocation(
-        "intel.com/dpdk", pool_of(a, b, c), [a.pci_address, b.pci_address, c.pci_address]
+        index(pool_of(a, b, c), resource="intel.com/dpdk"),
+        [a.pci_address, b.pci_address, c.pci_address],
     )
     paths = [n.host_path for n in result.device_nodes]
     assert paths == ["/dev/vfio/vfio", "/dev/vfio/40", "/dev/vfio/41"]
@@ -72,7 +84,7 @@ def test_vfio_allocation_gets_device_nodes_once_per_group() -> None:
 def test_unknown_ids_are_named() -> None:
     a = vf(1, 0)
     with pytest.raises(UnknownDevicesError) as err:
-        container_allocation("kernel.org/virt", pool_of(a), [a.pci_address, "0000:99:00.0", "x"])
+        container_allocation(index(pool_of(a)), [a.pci_address, "0000:99:00.0", "x"])
     assert err.value.unknown == ("0000:99:00.0", "x")
     assert "0000:99:00.0" in str(err.value) and "kernel.org/virt" in str(err.value)
 
@@ -153,9 +165,102 @@ def test_preferred_invariants(numa, pf_of, size, must) -> None:
 def test_additional_info_lands_under_extra_per_device_winning() -> None:
     a, b = vf(1, 0), vf(1, 1)
     extra = {"*": {"site": "lab", "tier": "gold"}, a.pci_address: {"tier": "silver"}}
-    result = container_allocation(
-        "kernel.org/virt", pool_of(a, b), [a.pci_address, b.pci_address], extra
-    )
+    result = container_allocation(index(pool_of(a, b), extra), [a.pci_address, b.pci_address])
     info = json.loads(result.envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"])
     assert info[a.pci_address]["extra"] == {"site": "lab", "tier": "silver"}
     assert info[b.pci_address]["extra"] == {"site": "lab", "tier": "gold"}
+
+
+def reference_preferred(
+    pool: dict[str, Device], available: list[str], must_include: list[str], size: int
+) -> list[str]:
+    """The preference rule in its plainest form (no index), which the indexed one must match."""
+
+    def numa(i: str) -> str:
+        node = pool[i].numa_node
+        return "" if node is None else f"{node:06d}"
+
+    def pf(i: str) -> str:
+        return pool[i].pf_address or i
+
+    def fill(groups: dict[str, list[str]], count: int, favoured: list[str]) -> list[str]:
+        favoured_keys = [k for k in dict.fromkeys(favoured) if k in groups]
+        picked: list[str] = []
+        for key in favoured_keys:
+            picked.extend(groups[key][: count - len(picked)])
+            if len(picked) == count:
+                return picked
+        rest = {k: v for k, v in groups.items() if k not in favoured_keys}
+        need = count - len(picked)
+        fitting = sorted((len(v), k) for k, v in rest.items() if len(v) >= need)
+        if fitting:
+            return picked + rest[fitting[0][1]][:need]
+        for _, key in sorted((-len(v), k) for k, v in rest.items()):
+            picked.extend(rest[key][: count - len(picked)])
+            if len(picked) == count:
+                break
+        return picked
+
+    chosen = [i for i in dict.fromkeys(must_include) if i in pool][:size]
+    candidates = sorted(i for i in set(available) - set(chosen) if i in pool)
+    need = size - len(chosen)
+    if need <= 0 or not candidates:
+        return chosen
+    by_numa: dict[str, list[str]] = {}
+    for i in candidates:
+        by_numa.setdefault(numa(i), []).append(i)
+    favoured = [numa(i) for i in chosen]
+    fitting = [k for k, v in by_numa.items() if len(v) >= need]
+    if any(k in fitting for k in favoured):
+        order = [next(k for k in favoured if k in fitting)]
+    elif fitting:
+        order = [min(fitting, key=lambda k: (len(by_numa[k]), k))]
+    else:
+        order = list(dict.fromkeys(favoured)) + sorted(
+            (k for k in by_numa if k not in favoured), key=lambda k: (-len(by_numa[k]), k)
+        )
+    for key in order:
+        if need <= 0:
+            break
+        groups: dict[str, list[str]] = {}
+        for i in by_numa.get(key, []):
+            groups.setdefault(pf(i), []).append(i)
+        take = fill(groups, min(need, len(by_numa.get(key, []))), [pf(i) for i in chosen])
+        chosen.extend(take)
+        need -= len(take)
+    return chosen
+
+
+@given(
+    placement=st.lists(
+        st.tuples(st.sampled_from([None, 0, 1, 2]), st.integers(1, 5)), min_size=0, max_size=40
+    ),
+    data=st.data(),
+    size=st.integers(min_value=0, max_value=45),
+)
+def test_indexed_preference_matches_the_plain_rule(placement, data, size) -> None:
+    devs = [vf(pf, i, numa=n) for i, (n, pf) in enumerate(placement)]
+    pool = pool_of(*devs)
+    ids = sorted(pool)
+    available = data.draw(st.lists(st.sampled_from([*ids, "bogus"]), max_size=50)) if ids else []
+    must = data.draw(st.lists(st.sampled_from([*ids, "bogus"]), max_size=6)) if ids else []
+    got = preferred_from_index(index(pool), available, must, size)
+    assert got == reference_preferred(pool, available, must, size)
+
+
+@given(
+    picks=st.lists(st.integers(0, 7), min_size=0, max_size=10),
+    extra=st.dictionaries(
+        st.sampled_from(["*", "0000:01:10.0", "0000:01:10.3"]),
+        st.dictionaries(st.text(max_size=4), st.text(max_size=6), max_size=3),
+        max_size=3,
+    ),
+)
+def test_info_env_is_the_json_of_every_named_device(picks, extra) -> None:
+    devs = [vf(1, i, driver="vfio-pci" if i % 3 == 0 else "iavf", group=30 + i) for i in range(8)]
+    pool = pool_of(*devs)
+    ids = [devs[p].pci_address for p in picks]
+    result = container_allocation(index(pool, extra), ids)
+    expected = {i: device_info(pool[i], extra) for i in ids}
+    assert result.envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"] == json.dumps(expected, sort_keys=True)
+    assert result.envs["PCIDEVICE_KERNEL_ORG_VIRT"] == ",".join(ids)

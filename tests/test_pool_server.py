@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import grpc
 import pytest
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.model import Device, Health
+from deviceplugin.model import Device, Health, NetDev
 from deviceplugin.pools import PoolSpec
 from deviceplugin.server import PoolServer, snapshot_message, socket_name
 
@@ -121,3 +122,73 @@ def test_a_stopped_server_is_not_revived(tmpfs_path: Path) -> None:
         assert not server.socket_path.exists()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+# --- Allocate answers from what was worked out at the last change ------------------------
+
+
+class Aborted(Exception):
+    pass
+
+
+class Context:
+    """The part of a gRPC servicer context that Allocate uses."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+def allocate(server: PoolServer, *ids: str) -> dict[str, str]:
+    request = api_pb2.AllocateRequest(
+        container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=list(ids))]
+    )
+    response = asyncio.run(server.Allocate(request, Context()))  # type: ignore[arg-type]
+    return dict(response.container_responses[0].envs)
+
+
+def info(envs: dict[str, str]) -> dict[str, dict[str, dict[str, str]]]:
+    return json.loads(envs["PCIDEVICE_EXAMPLE_COM_A_INFO"])
+
+
+def nic(address: str, netdev: str) -> Device:
+    return Device(address, "1af4", "1041", driver="virtio-pci", netdevs=(NetDev(netdev),))
+
+
+def test_allocate_follows_every_device_change_even_one_the_kubelet_cannot_see(
+    tmpfs_path: Path,
+) -> None:
+    server = PoolServer(PoolSpec("example.com/a", ()), tmpfs_path, None)
+    a = "0000:01:00.0"
+    assert asyncio.run(server.update([nic(a, "eth1")], {}))
+    assert info(allocate(server, a))[a]["generic"]["netdev"] == "eth1"
+    # A rename changes nothing in ListAndWatch, but the next Allocate names the new netdev.
+    assert not asyncio.run(server.update([nic(a, "eth9")], {}))
+    assert info(allocate(server, a))[a]["generic"]["netdev"] == "eth9"
+    # additionalInfo is a pool setting: a respecified pool answers with the new one.
+    extra = {"*": {"site": "lab"}}
+    asyncio.run(server.respecify(replace(server.spec, additional_info=extra)))
+    assert info(allocate(server, a))[a]["extra"] == {"site": "lab"}
+    # A device that left the pool is refused, not answered from what was known before.
+    assert asyncio.run(server.update([nic("0000:02:00.0", "eth2")], {}))
+    with pytest.raises(Aborted) as refused:
+        allocate(server, a)
+    assert refused.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_device_info_file_is_written_once_and_again_when_it_went_away(
+    tmpfs_path: Path,
+) -> None:
+    devinfo_dir = tmpfs_path / "devinfo"
+    server = PoolServer(PoolSpec("example.com/a", ()), tmpfs_path, devinfo_dir)
+    a = "0000:01:00.0"
+    asyncio.run(server.update([nic(a, "eth1")], {}))
+    allocate(server, a)
+    path = devinfo_dir / f"example.com-a-{a}-device.json"
+    first = path.stat()
+    allocate(server, a)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    path.unlink()
+    allocate(server, a)
+    assert json.loads(path.read_text())["pci"] == {"pci-address": a}
+    server.remove_devinfo_files()
+    assert list(devinfo_dir.iterdir()) == []

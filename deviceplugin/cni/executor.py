@@ -18,7 +18,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,7 @@ import structlog
 from deviceplugin.api.constants import POD_RESOURCES_SOCKET
 from deviceplugin.cni import add, check, delete, repair
 from deviceplugin.cni.ipam import PluginIpam
-from deviceplugin.cni.netlink import NetlinkNamespaces
-from deviceplugin.cni.ports import DeviceResolver, Ipam, Namespaces, Ports
+from deviceplugin.cni.ports import DeviceResolver, Ipam, Namespaces, Netns, Ports
 from deviceplugin.cni.sysfs_devices import SysfsDevices
 from deviceplugin.cni.types import (
     ERR_INTERNAL,
@@ -71,6 +70,28 @@ class Outcome:
     exit_code: int
 
 
+class _KernelNamespaces:
+    """`netlink.NetlinkNamespaces`, whose code is loaded on its first use.
+
+    The daemon builds its executor at start-up; the netlink code then waits
+    for the first CNI call or node repair, which run on worker threads, so
+    the daemon's start and registration do not pay for it.
+    """
+
+    def host(self) -> AbstractContextManager[Netns]:
+        return _netlink_namespaces().host()
+
+    def pod(self, path: str) -> AbstractContextManager[Netns]:
+        return _netlink_namespaces().pod(path)
+
+
+@functools.cache
+def _netlink_namespaces() -> Namespaces:
+    from deviceplugin.cni.netlink import NetlinkNamespaces
+
+    return NetlinkNamespaces()
+
+
 def _podresources_lookup(socket: Path, namespace: str, name: str, resource: str) -> list[str]:
     from deviceplugin import podresources  # grpc is only paid for when resourceName is used
 
@@ -96,7 +117,7 @@ class Executor:
     ) -> None:
         self.settings = settings or Settings()
         self.ports = Ports(
-            namespaces=namespaces or NetlinkNamespaces(),
+            namespaces=namespaces or _KernelNamespaces(),
             devices=devices or SysfsDevices(self.settings.sysfs_root),
             ipam=ipam or PluginIpam(),
             pod_devices=functools.partial(pod_devices, self.settings.pod_resources_socket),

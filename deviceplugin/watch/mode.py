@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from deviceplugin.watch.links import LinkMonitor
 from deviceplugin.watch.uevents import Uevent, UeventMonitor
+
+if TYPE_CHECKING:
+    from deviceplugin.watch.links import LinkMonitor
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,8 @@ def open_sources(
         except Exception as exc:  # pyudev raises ImportError/OSError/its own on a bad libudev
             problems.append(f"no uevent socket: {exc}")
             uevents = None
+        from deviceplugin.watch.links import LinkMonitor  # pyroute2: only when opened
+
         try:
             links = LinkMonitor(on_links)
             links.open()
