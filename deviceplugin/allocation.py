@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from deviceplugin.model import Device
+from deviceplugin.model import Device, NetdevState
 
 VFIO_CONTAINER_NODE = "/dev/vfio/vfio"
 
@@ -101,6 +101,7 @@ class PoolIndex:
 
     resource_name: str
     devices: Mapping[str, Device]
+    additional_info: Mapping[str, Mapping[str, str]]
     env_key: str
     info_key: str
     # PCI address -> `"<address>": {...}`, a member of the `_INFO` object (keys sorted).
@@ -121,17 +122,49 @@ def index_pool(
     groups: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for i, (numa, pf) in placement.items():
         groups[numa][pf].append(i)
+    extra = additional_info or {}
     return PoolIndex(
         resource_name=resource_name,
         devices=by_id,
+        additional_info=extra,
         env_key=env_var_name(resource_name),
         info_key=info_env_name(resource_name),
-        info_members={
-            i: f"{json.dumps(i)}: {json.dumps(device_info(d, additional_info), sort_keys=True)}"
-            for i, d in by_id.items()
-        },
+        info_members={i: _info_member(d, extra) for i, d in by_id.items()},
         groups={n: {pf: tuple(ids) for pf, ids in by_pf.items()} for n, by_pf in groups.items()},
         placement=placement,
+    )
+
+
+def _info_member(device: Device, additional_info: Mapping[str, Mapping[str, str]]) -> str:
+    info = json.dumps(device_info(device, additional_info), sort_keys=True)
+    return f"{json.dumps(device.pci_address)}: {info}"
+
+
+def away_from_host(pool: PoolIndex, device_ids: Iterable[str]) -> list[str]:
+    """The ids whose netdev was in another namespace at the last scan.
+
+    Their `_INFO` entry has no netdev name. The kubelet may hand such a NIC
+    to the next pod within milliseconds of the CNI DEL that brought it home,
+    before the rescan that follows: these are the devices worth a fresh look.
+    """
+    return [
+        i
+        for i in device_ids
+        if (d := pool.devices.get(i)) is not None and d.netdev_state is NetdevState.ELSEWHERE
+    ]
+
+
+def with_devices(pool: PoolIndex, fresh: Mapping[str, Device]) -> PoolIndex:
+    """The index with these devices as read just now, for one call's answer."""
+    if not fresh:
+        return pool
+    return replace(
+        pool,
+        devices={**pool.devices, **fresh},
+        info_members={
+            **pool.info_members,
+            **{i: _info_member(d, pool.additional_info) for i, d in fresh.items()},
+        },
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,7 @@ class Daemon:
             self.settings.devinfo_dir,
             on_allocate=self.observer.allocation,
             on_preferred=self.observer.preferred_allocation,
+            read_device=functools.partial(sysfs.read_device, self.settings.sysfs_root),
         )
         await server.start()
         self.servers[spec.resource_name] = server

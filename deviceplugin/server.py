@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 # Observer hooks let metrics count without this module knowing about Prometheus.
 AllocateObserver = Callable[[str, float, int, bool], None]  # resource, seconds, devices, ok
 PreferredObserver = Callable[[str, float], None]
+DeviceReader = Callable[[str], Device | None]  # PCI address -> the device as sysfs has it now
 
 
 MAX_SOCKET_STEM = 48
@@ -84,6 +85,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         *,
         on_allocate: AllocateObserver | None = None,
         on_preferred: PreferredObserver | None = None,
+        read_device: DeviceReader | None = None,
     ) -> None:
         self._spec = pool
         self.resource_name = pool.resource_name
@@ -104,6 +106,7 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self._stopping = False
         self._on_allocate = on_allocate
         self._on_preferred = on_preferred
+        self._read_device = read_device
         self._registered_with: object | None = None
         self.log = log.bind(resource=pool.resource_name)
 
@@ -310,8 +313,8 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.AllocateRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.AllocateResponse:
         started = time.perf_counter()
-        pool = self._index
         containers = [list(r.devices_ids) for r in request.container_requests]
+        pool = self._with_netdevs_back(self._index, [i for ids in containers for i in ids])
         count = sum(map(len, containers))
         responses = []
         try:
@@ -346,6 +349,22 @@ class PoolServer(api_pb2_grpc.DevicePluginServicer):
         self, request: api_pb2.PreStartContainerRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
+
+    def _with_netdevs_back(
+        self, pool: allocation.PoolIndex, ids: Sequence[str]
+    ) -> allocation.PoolIndex:
+        """The index, with a fresh read of each asked-for device that was in a pod at the
+        last scan and may be home by now (its `_INFO` entry then names its netdev)."""
+        if self._read_device is None:
+            return pool
+        fresh = {}
+        for i in allocation.away_from_host(pool, ids):
+            device = self._read_device(i)
+            if device is not None and device.netdev is not None:
+                fresh[i] = device
+        if fresh:
+            self.log.info("allocate_reread_devices", devices=sorted(fresh))
+        return allocation.with_devices(pool, fresh)
 
     def _write_devinfo(self, pool: allocation.PoolIndex, ids: Sequence[str]) -> None:
         """Best effort: a full disk must not fail the pod's admission, only its annotation."""

@@ -229,6 +229,32 @@ def test_device_inside_a_pod_keeps_capacity_across_restart(node, kubelet, daemon
     assert snap.devices["0000:02:00.0"].health == "Healthy"
 
 
+def test_a_nic_home_from_a_pod_is_named_in_info_before_the_next_scan(
+    node, kubelet, daemons
+) -> None:
+    # The real kubelet handed a NIC to the next pod ~50 ms after the CNI DEL that brought
+    # it home, before the rescan: the fake tree changes here without any event, so only
+    # Allocate's own look at sysfs can find the name.
+    fs = virtio_lab(node.sysfs, 3, primary_netdev="ndpuplink")
+    fs.move_netdev_out("0000:02:00.0")
+    start_daemon(daemons, node)
+    conn = kubelet.wait_registered(VIRT, timeout=10)
+    conn.wait_snapshot(lambda s: len(s.devices) == 4)
+    info = json.loads(
+        conn.allocate(["0000:02:00.0"])
+        .container_responses[0]
+        .envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"]
+    )
+    assert info["0000:02:00.0"]["generic"] == {"deviceID": "0000:02:00.0"}
+    fs.return_netdev("0000:02:00.0", "ndpback")
+    info = json.loads(
+        conn.allocate(["0000:02:00.0"])
+        .container_responses[0]
+        .envs["PCIDEVICE_KERNEL_ORG_VIRT_INFO"]
+    )
+    assert info["0000:02:00.0"]["generic"] == {"deviceID": "0000:02:00.0", "netdev": "ndpback"}
+
+
 def test_invalid_config_exits_before_touching_anything(node, kubelet, tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"resourceList": [{"resourceName": "Bad Name!"}]}))

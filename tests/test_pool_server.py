@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from deviceplugin.api.v1beta1 import api_pb2, api_pb2_grpc
-from deviceplugin.model import Device, Health, NetDev
+from deviceplugin.model import Device, Health, NetDev, NetdevState
 from deviceplugin.pools import PoolSpec
 from deviceplugin.server import PoolServer, snapshot_message, socket_name
 
@@ -173,6 +173,35 @@ def test_allocate_follows_every_device_change_even_one_the_kubelet_cannot_see(
     with pytest.raises(Aborted) as refused:
         allocate(server, a)
     assert refused.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_nic_in_a_pod_at_the_last_scan_is_looked_at_again_when_allocated(
+    tmpfs_path: Path,
+) -> None:
+    a, b = "0000:01:00.0", "0000:02:00.0"
+    away = replace(nic(a, "unused"), netdevs=(), netdev_state=NetdevState.ELSEWHERE)
+    now: dict[str, Device] = {}
+    reads: list[str] = []
+
+    def read_device(address: str) -> Device | None:
+        reads.append(address)
+        return now.get(address)
+
+    server = PoolServer(PoolSpec("example.com/a", ()), tmpfs_path, None, read_device=read_device)
+    asyncio.run(server.update([away, nic(b, "eth2")], {}))
+    # Still in the pod (or gone): the entry stays without a netdev.
+    now[a] = away
+    assert info(allocate(server, a, b)) == {
+        a: {"generic": {"deviceID": a}},
+        b: {"generic": {"deviceID": b, "netdev": "eth2"}},
+    }
+    # Home again before the rescan: named; a device present at the last scan is not re-read.
+    now[a] = nic(a, "eth1")
+    reads.clear()
+    assert info(allocate(server, a, b))[a] == {"generic": {"deviceID": a, "netdev": "eth1"}}
+    assert reads == [a]
+    # The pool's own state is the last scan's until the next one.
+    assert server.devices[0].netdev_state is NetdevState.ELSEWHERE
 
 
 def test_a_device_info_file_is_written_once_and_again_when_it_went_away(
