@@ -25,6 +25,14 @@ Rows added after those (the first rows keep their wording and order):
   asks) + Allocate pairs, divided by their count;
 - idle CPU over 60 s with 1024 devices and metrics on, and the RSS after it
   (skipped with --quick).
+
+The floors under those targets, last (they say what no change to netdp's own
+code can go below while it keeps its libraries):
+
+- plugin CPU per empty RPC: the daemon's CPU per PreStartContainer, which does
+  nothing, so one admission (two RPCs) costs at least twice that;
+- a bare interpreter, and one that imports the daemon's libraries and nothing
+  of netdp: wall time from spawn to exit and resident memory at the end.
 """
 
 from __future__ import annotations
@@ -103,19 +111,40 @@ def round_trips(call: Callable[[], object], count: int) -> list[float]:
     return times
 
 
+def cpu_ms_per_call(pid: int, call: Callable[[], object], count: int) -> float:
+    """The daemon's CPU time per call, over `count` calls after a warm-up."""
+    for _ in range(WARM_UP):
+        call()
+    before = cpu_seconds(pid)
+    for _ in range(count):
+        call()
+    return (cpu_seconds(pid) - before) / count * 1000
+
+
 def admission_cpu_ms(pid: int, conn: PluginConnection, ids: list[str], count: int) -> float:
     """The daemon's CPU per pod admission: GetPreferredAllocation over every device, as the
     kubelet sends it, then Allocate of the device it preferred."""
+    return cpu_ms_per_call(pid, lambda: conn.allocate(conn.preferred(ids, [], 1)), count)
 
-    def admit() -> None:
-        conn.allocate(conn.preferred(ids, [], 1))
 
-    for _ in range(WARM_UP):
-        admit()
-    before = cpu_seconds(pid)
-    for _ in range(count):
-        admit()
-    return (cpu_seconds(pid) - before) / count * 1000
+LIBRARIES = "asyncio, grpc, pydantic, pyroute2, structlog, prometheus_client"
+
+
+def interpreter_floor(imports: str, runs: int) -> tuple[float, int]:
+    """Median wall time from spawn to exit of `python -c "import <imports>"` (or `pass`),
+    and the resident memory at its end (KiB), as the daemon's interpreter starts."""
+    code = (f"import {imports}; " if imports else "") + (
+        "print(open('/proc/self/status').read().split('VmRSS:')[1].split()[0])"
+    )
+    times, rss = [], 0
+    for _ in range(runs):
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+        )
+        times.append(time.monotonic() - t0)
+        rss = int(out.stdout)
+    return statistics.median(times), rss
 
 
 @dataclass
@@ -127,6 +156,7 @@ class DaemonRun:
     alloc_s: list[float] = field(default_factory=list)
     empty_rpc_s: list[float] = field(default_factory=list)
     admission_cpu_ms: float = 0.0
+    empty_rpc_cpu_ms: float = 0.0
     rss_kib: int = 0
     pss_kib: int = 0
     idle_cpu_pct: float | None = None
@@ -158,6 +188,8 @@ def serve_calls(
     run.empty_rpc_s = round_trips(lambda: conn.stub.PreStartContainer(empty, timeout=5), calls)
     if admissions:
         run.admission_cpu_ms = admission_cpu_ms(pid, conn, ids, admissions)
+        call = lambda: conn.stub.PreStartContainer(empty, timeout=5)  # noqa: E731
+        run.empty_rpc_cpu_ms = cpu_ms_per_call(pid, call, admissions)
     time.sleep(1.0)
     run.rss_kib, run.pss_kib = memory_kib(pid)
 
@@ -273,6 +305,16 @@ def main() -> None:
             f"| daemon RSS (PSS) after 60 s idle, 1024 devices | {mib(big.idle_rss_kib)} "
             f"({mib(big.idle_pss_kib)}) MiB | ≤ 45 MiB |",
         ]
+    bare_s, bare_kib = interpreter_floor("", runs)
+    libs_s, libs_kib = interpreter_floor(LIBRARIES, runs)
+    rows += [
+        f"| floor: plugin CPU per empty RPC (PreStartContainer) | {big.empty_rpc_cpu_ms:.2f} ms "
+        "| |",
+        f"| floor: bare interpreter, spawn → exit / RSS (median of {runs}) | "
+        f"{bare_s * 1000:.0f} ms / {mib(bare_kib)} MiB | |",
+        f"| floor: interpreter importing {LIBRARIES}, spawn → exit / RSS | "
+        f"{libs_s * 1000:.0f} ms / {mib(libs_kib)} MiB | |",
+    ]
     load_after = os.getloadavg()
     table = "\n".join(rows)
     footer = (

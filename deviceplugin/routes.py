@@ -69,7 +69,10 @@ def default_route_interfaces() -> frozenset[str]:
     here, and a node with 1024 VF netdevs would spend over half a second per
     rescan decoding a full link dump for the one or two names it needs.
     """
-    from pyroute2 import IPRoute  # imported late: ~190 ms, and the CNI shim must not pay it
+    from deviceplugin import pyroute2_loader
+
+    pyroute2_loader.load()  # late: ~190 ms that `list` on a node without routes need not pay
+    from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:

@@ -111,3 +111,40 @@ def test_daemon_and_cni_server_import_without_event_sources_or_netlink() -> None
     late = ["pyroute2", "pyudev", "prometheus_client", "h11", "yaml"]
     late += ["deviceplugin.watch.links", "deviceplugin.cni.netlink", "deviceplugin.cni.rtnetlink"]
     assert sorted(n for n in late if n in modules) == []
+
+
+# Each late entry point into pyroute2, as the daemon's worker threads reach them at start:
+# opening the event sources, the scan's default-route lookup, the first CNI call.
+RACE = """
+import sys, threading
+from deviceplugin import routes, watch
+from deviceplugin.cni import executor
+barrier = threading.Barrier(4)
+errors = []
+def enter(load):
+    barrier.wait()
+    try:
+        load()
+    except Exception as exc:
+        errors.append(repr(exc))
+entries = (
+    lambda: watch.probe(60.0),  # opens and closes the event sockets: nothing changes
+    lambda: watch.LinkMonitor,
+    routes.default_route_interfaces,  # reads this namespace's routes: no change made
+    executor._netlink_namespaces,
+)
+threads = [threading.Thread(target=enter, args=(e,)) for e in entries]
+for t in threads: t.start()
+for t in threads: t.join()
+print(errors)
+"""
+
+
+def test_worker_threads_that_first_need_pyroute2_together_all_get_it() -> None:
+    # Two threads meeting inside pyroute2's circular imports failed one CNI call with
+    # "cannot import name 'ifinfmsg' from partially initialized module".
+    for _ in range(8):
+        out = subprocess.run(
+            [sys.executable, "-c", RACE], capture_output=True, text=True, check=True, timeout=60
+        )
+        assert out.stdout.strip() == "[]"

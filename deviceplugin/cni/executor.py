@@ -87,6 +87,9 @@ class _KernelNamespaces:
 
 @functools.cache
 def _netlink_namespaces() -> Namespaces:
+    from deviceplugin import pyroute2_loader
+
+    pyroute2_loader.load()
     from deviceplugin.cni.netlink import NetlinkNamespaces
 
     return NetlinkNamespaces()

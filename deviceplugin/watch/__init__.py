@@ -55,6 +55,9 @@ _LINKS = frozenset(
 
 def __getattr__(name: str) -> object:
     if name in _LINKS:
+        from deviceplugin import pyroute2_loader
+
+        pyroute2_loader.load()
         from deviceplugin.watch import links
 
         return getattr(links, name)

@@ -73,6 +73,9 @@ def open_sources(
         except Exception as exc:  # pyudev raises ImportError/OSError/its own on a bad libudev
             problems.append(f"no uevent socket: {exc}")
             uevents = None
+        from deviceplugin import pyroute2_loader
+
+        pyroute2_loader.load()
         from deviceplugin.watch.links import LinkMonitor  # pyroute2: only when opened
 
         try:
