@@ -31,8 +31,9 @@ code can go below while it keeps its libraries):
 
 - plugin CPU per empty RPC: the daemon's CPU per PreStartContainer, which does
   nothing, so one admission (two RPCs) costs at least twice that;
-- a bare interpreter, and one that imports the daemon's libraries and nothing
-  of netdp: wall time from spawn to exit and resident memory at the end.
+- a bare interpreter, one that imports the daemon's libraries and nothing of
+  netdp, and one that imports only those the daemon has loaded when it
+  registers: wall time from spawn to exit and resident memory at the end.
 """
 
 from __future__ import annotations
@@ -128,6 +129,9 @@ def admission_cpu_ms(pid: int, conn: PluginConnection, ids: list[str], count: in
 
 
 LIBRARIES = "asyncio, grpc, pydantic, pyroute2, structlog, prometheus_client"
+# What `netdp run` (metrics on) has loaded when it registers: the event sources,
+# and pyroute2 with them, open after that.
+BEFORE_REGISTER = "asyncio, grpc, pydantic, structlog, prometheus_client"
 
 
 def interpreter_floor(imports: str, runs: int) -> tuple[float, int]:
@@ -307,6 +311,7 @@ def main() -> None:
         ]
     bare_s, bare_kib = interpreter_floor("", runs)
     libs_s, libs_kib = interpreter_floor(LIBRARIES, runs)
+    register_s, register_kib = interpreter_floor(BEFORE_REGISTER, runs)
     rows += [
         f"| floor: plugin CPU per empty RPC (PreStartContainer) | {big.empty_rpc_cpu_ms:.2f} ms "
         "| |",
@@ -314,6 +319,8 @@ def main() -> None:
         f"{bare_s * 1000:.0f} ms / {mib(bare_kib)} MiB | |",
         f"| floor: interpreter importing {LIBRARIES}, spawn → exit / RSS | "
         f"{libs_s * 1000:.0f} ms / {mib(libs_kib)} MiB | |",
+        f"| floor: interpreter importing {BEFORE_REGISTER} (what registering needs), "
+        f"spawn → exit / RSS | {register_s * 1000:.0f} ms / {mib(register_kib)} MiB | |",
     ]
     load_after = os.getloadavg()
     table = "\n".join(rows)
