@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from deviceplugin.allocation import (
     PoolIndex,
     UnknownDevicesError,
+    _fill_from_groups,
     container_allocation,
     device_info,
     env_var_name,
@@ -183,24 +184,6 @@ def reference_preferred(
     def pf(i: str) -> str:
         return pool[i].pf_address or i
 
-    def fill(groups: dict[str, list[str]], count: int, favoured: list[str]) -> list[str]:
-        favoured_keys = [k for k in dict.fromkeys(favoured) if k in groups]
-        picked: list[str] = []
-        for key in favoured_keys:
-            picked.extend(groups[key][: count - len(picked)])
-            if len(picked) == count:
-                return picked
-        rest = {k: v for k, v in groups.items() if k not in favoured_keys}
-        need = count - len(picked)
-        fitting = sorted((len(v), k) for k, v in rest.items() if len(v) >= need)
-        if fitting:
-            return picked + rest[fitting[0][1]][:need]
-        for _, key in sorted((-len(v), k) for k, v in rest.items()):
-            picked.extend(rest[key][: count - len(picked)])
-            if len(picked) == count:
-                break
-        return picked
-
     chosen = [i for i in dict.fromkeys(must_include) if i in pool][:size]
     candidates = sorted(i for i in set(available) - set(chosen) if i in pool)
     need = size - len(chosen)
@@ -225,7 +208,10 @@ def reference_preferred(
         groups: dict[str, list[str]] = {}
         for i in by_numa.get(key, []):
             groups.setdefault(pf(i), []).append(i)
-        take = fill(groups, min(need, len(by_numa.get(key, []))), [pf(i) for i in chosen])
+        # Within a NUMA node both pick with the same rule; what differs is how they group.
+        take = _fill_from_groups(
+            groups, min(need, len(by_numa.get(key, []))), [pf(i) for i in chosen]
+        )
         chosen.extend(take)
         need -= len(take)
     return chosen
