@@ -280,18 +280,16 @@ def _open_device(bus: Dir, pci: str) -> Dir:
         raise Skip(f"cannot open: {exc.strerror}") from None
 
 
+_VANISHED = "vanished during scan (hot-unplug)"
+
+
 def _probe(bus: Dir, pci: str) -> _Probe | None:
+    """Read one function; whether it is still there afterwards is the caller's check."""
     dev = _open_device(bus, pci)
     try:
-        probe = _probe_dir(dev, pci)
+        return _probe_dir(dev, pci)
     finally:
         os.close(dev.fd)
-    if probe is not None:
-        try:
-            os.stat(pci, dir_fd=bus.fd)
-        except FileNotFoundError:
-            raise Skip("vanished during scan (hot-unplug)") from None
-    return probe
 
 
 def _read_pf_info(bus: Dir, pf: str) -> _PfInfo | None:
@@ -354,6 +352,7 @@ def _unreadable_bus(sysfs_root: Path, exc: OSError) -> NodeDevices:
 def _scan_bus(bus: Dir) -> NodeDevices:
     node_warnings: list[str] = []
     probes: dict[str, _Probe] = {}
+    entries: dict[str, str] = {}  # bus entry of each probe, as listed
     for entry in sorted(os.listdir(bus.path)):
         try:
             pci = parse_pci_address(entry)
@@ -367,6 +366,16 @@ def _scan_bus(bus: Dir) -> NodeDevices:
             continue
         if probe is not None:
             probes[pci] = probe
+            entries[pci] = entry
+
+    # Gone by the end of the scan: skipped, whatever was read. One listing of the bus
+    # instead of a stat per device; the kernel drops a device's bus link first
+    # (device_del: bus_remove_device, then kobject_del of its directory).
+    present = set(os.listdir(bus.path))
+    for pci, entry in entries.items():
+        if entry not in present:
+            del probes[pci]
+            node_warnings.append(_skipped(pci, _VANISHED))
 
     # Each PF's virtfn links were read once in the first pass; its VFs share them.
     pf_cache: dict[str, _PfInfo | None] = {
@@ -413,6 +422,11 @@ def read_device(sysfs_root: Path, pci_address: str) -> Device | None:
             _skipped(pci, str(exc))
             return None
         if probe is None:
+            return None
+        try:
+            os.stat(pci, dir_fd=bus.fd)
+        except FileNotFoundError:
+            _skipped(pci, _VANISHED)
             return None
         return _finish(pci, probe, lambda pf: _read_pf_info(bus, pf))
     finally:
