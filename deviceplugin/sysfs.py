@@ -8,18 +8,20 @@ read relative to that descriptor (no path walk through the `bus/pci/devices`
 symlink per file), a function's class, ids and driver come from one read of
 its `uevent` (the individual files where it lacks them), a VF costs a fixed
 set of opens and readlinks (no directory listing), and each PF's `virtfnN`
-links are read once and shared by all its VFs. About 35 syscalls per VF with
-one netdev.
+links are read once and shared by all its VFs. About 34 syscalls per VF with
+one netdev (48 before the uevent, issue 13).
 
 sysfs is a moving target (hot-unplug, netdevs moving between namespaces while
 we read), so nothing here raises. What goes wrong degrades one device:
 
 - `class`, `vendor` or `device` (or the uevent's `PCI_CLASS`, `PCI_ID`)
   unreadable or malformed: the device is skipped with a message in
-  `NodeDevices.warnings`. These ids are what pool
-  selectors match on; guessing them could hand a pod the wrong hardware.
+  `NodeDevices.warnings`. These ids are what pool selectors match on;
+  guessing them could hand a pod the wrong hardware. A `uevent` that is
+  missing, unreadable, malformed or names another function is not used (the
+  files say the same); a key it lacks is read from its file.
 - the device directory vanishes (dangling `bus/pci/devices` link, or gone
-  by the end of its read): skipped the same way; the next scan is right.
+  by the end of the scan): skipped the same way; the next scan is right.
 - any other attribute or link unreadable or malformed: that field falls back
   to "unknown" (None, 0 or empty) and `Device.warnings` says which and why.
 - a netdev that vanishes while read has moved namespace: it is left out, and a
