@@ -1,21 +1,27 @@
 """Reading the kernel's PCI and netdev sysfs layout into `model` records.
 
 The parsers of file contents live in `sysfs_values` (pure, tested without a
-file system). This module is the reading, a thin shell tuned for large
-SR-IOV nodes, where the cost is syscalls: every device directory is opened
-once and its files are read relative to that descriptor (no path walk through
-the `bus/pci/devices` symlink per file), a VF costs a fixed set of opens and
-readlinks (no directory listing), and each PF's `virtfnN` links are read once
-and shared by all its VFs. About 48 syscalls per VF with one netdev.
+file system), single reads and their failure rules in `sysfs_read`. This
+module walks the layout, a thin shell tuned for large SR-IOV nodes, where the
+cost is syscalls: every device directory is opened once and its files are
+read relative to that descriptor (no path walk through the `bus/pci/devices`
+symlink per file), a function's class, ids and driver come from one read of
+its `uevent` (the individual files where it lacks them), a VF costs a fixed
+set of opens and readlinks (no directory listing), and each PF's `virtfnN`
+links are read once and shared by all its VFs. About 34 syscalls per VF with
+one netdev (48 before the uevent, issue 13).
 
 sysfs is a moving target (hot-unplug, netdevs moving between namespaces while
 we read), so nothing here raises. What goes wrong degrades one device:
 
-- `class`, `vendor` or `device` unreadable or malformed: the device is
-  skipped with a message in `NodeDevices.warnings`. These ids are what pool
-  selectors match on; guessing them could hand a pod the wrong hardware.
+- `class`, `vendor` or `device` (or the uevent's `PCI_CLASS`, `PCI_ID`)
+  unreadable or malformed: the device is skipped with a message in
+  `NodeDevices.warnings`. These ids are what pool selectors match on;
+  guessing them could hand a pod the wrong hardware. A `uevent` that is
+  missing, unreadable, malformed or names another function is not used (the
+  files say the same); a key it lacks is read from its file.
 - the device directory vanishes (dangling `bus/pci/devices` link, or gone
-  by the end of its read): skipped the same way; the next scan is right.
+  by the end of the scan): skipped the same way; the next scan is right.
 - any other attribute or link unreadable or malformed: that field falls back
   to "unknown" (None, 0 or empty) and `Device.warnings` says which and why.
 - a netdev that vanishes while read has moved namespace: it is left out, and a
@@ -24,7 +30,7 @@ we read), so nothing here raises. What goes wrong degrades one device:
 
 from __future__ import annotations
 
-import errno
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -34,13 +40,24 @@ from typing import Any, TypeVar
 import structlog
 
 from deviceplugin.model import VIRTIO_VENDOR, Device, NetDev, NetdevState, NodeDevices
+from deviceplugin.sysfs_read import (
+    DIR_FLAGS,
+    Dir,
+    Skip,
+    list_dir,
+    read_carrier,
+    read_link,
+    read_optional,
+    read_required,
+    read_uevent,
+)
 from deviceplugin.sysfs_values import (
     driver_of_link,
     iommu_group_of_link,
     is_virtio_child,
     netdev_state,
-    parse_carrier,
     parse_class,
+    parse_driver_name,
     parse_hex_id,
     parse_ifindex,
     parse_int,
@@ -49,6 +66,8 @@ from deviceplugin.sysfs_values import (
     parse_numa_node,
     parse_operstate,
     parse_pci_address,
+    parse_uevent_class,
+    parse_uevent_ids,
     pci_address_of_link,
     pci_address_of_netdev_link,
     virtfn_index,
@@ -61,17 +80,18 @@ T = TypeVar("T")
 NETWORK_CLASS_PREFIX = "02"  # PCI base class 0x02: network controller
 PCI_DEVICES = "bus/pci/devices"
 
-_READ_SIZE = 4096  # a sysfs attribute never exceeds one page
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO planted in a fake --sysfs-root must not hang the daemon.
-_FILE_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-
+# Values that repeat across a node's functions (ids, MTU, NUMA node, link type, a VF's
+# physfn link) parse once per distinct text: pure functions, so the same text gives the
+# same answer; this caches parsing, never what a file says. Refusals are not cached.
+_memo = functools.lru_cache(maxsize=256)
+_class_of_uevent = _memo(parse_uevent_class)
+_ids_of_uevent = _memo(parse_uevent_ids)
+_numa_node = _memo(parse_numa_node)
+_mtu = _memo(parse_int)
+_link_type = _memo(parse_link_type)
+_pf_of_link = _memo(pci_address_of_link)
 
 # --- the I/O shell ------------------------------------------------------------
-
-
-class _Skip(Exception):
-    """The device cannot be described at all; drop it from this scan."""
 
 
 @dataclass(slots=True)
@@ -91,109 +111,22 @@ class _Probe:
     warnings: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class _Dir:
-    """An open device directory.
-
-    Files are read relative to `fd` (no path walk through the bus symlink per
-    file); listings go through `path`, because `os.listdir(fd)` costs a dup,
-    three fcntls and a rewind on top of what a listing by path needs.
-    """
-
-    fd: int
-    path: str
-
-
-def _read_text(name: str, dir_fd: int) -> str:
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
-    try:
-        data = os.read(fd, _READ_SIZE)
-    finally:
-        os.close(fd)
-    return data.decode("ascii")
-
-
-def _required(dir_fd: int, name: str, parse: Callable[[str], T]) -> T:
-    try:
-        return parse(_read_text(name, dir_fd))
-    except FileNotFoundError:
-        raise _Skip(f"{name} missing (device vanished?)") from None
-    except OSError as exc:
-        raise _Skip(f"{name} unreadable: {exc.strerror}") from None
-    except ValueError as exc:
-        raise _Skip(f"{name}: {exc}") from None
-
-
-# `_optional` and `_link` are the scan's inner loop (a dozen calls per VF): each reads and
-# judges in one function, no partial and no shared helper in between. Every file read
-# goes through `_read_text` (the tests make devices vanish mid-scan there).
-def _optional(
-    dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T
-) -> T:
-    """Absent is normal (not every device has every file); broken is worth a warning."""
-    try:
-        return parse(_read_text(name, dir_fd))
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        warnings.append(f"{name} unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"{name}: {exc}")
-    return default
-
-
-def _link(dir_fd: int, name: str, parse: Callable[[str], T], warnings: list[str], default: T) -> T:
-    """As `_optional`, for a symlink's target."""
-    try:
-        return parse(os.readlink(name, dir_fd=dir_fd))
-    except FileNotFoundError:
-        return default
-    except OSError as exc:
-        warnings.append(f"{name} link unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"{name} link: {exc}")
-    return default
-
-
-def _carrier(dir_fd: int, path: str, warnings: list[str]) -> bool | None:
-    try:
-        return parse_carrier(_read_text(path, dir_fd))
-    except OSError as exc:
-        # EINVAL is how the kernel says "administratively down, carrier unknown".
-        if exc.errno not in (errno.EINVAL, errno.ENOENT):
-            warnings.append(f"carrier unreadable: {exc.strerror}")
-    except ValueError as exc:
-        warnings.append(f"carrier: {exc}")
-    return None
-
-
-def _listdir(path: str, warnings: list[str], what: str) -> list[str] | None:
-    """Sorted entries; None (and no warning) when the directory does not exist."""
-    try:
-        return sorted(os.listdir(path))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        warnings.append(f"{what} unreadable: {exc.strerror}")
-        return None
-
-
-def _read_netdev(dev: _Dir, net_dir: str, name: str, warnings: list[str]) -> NetDev | None:
+def _read_netdev(dev: Dir, net_dir: str, name: str, warnings: list[str]) -> NetDev | None:
     base = f"{net_dir}/{name}/"
     fd = dev.fd
     w: list[str] = []
-    ifindex = _optional(fd, base + "ifindex", parse_ifindex, w, None)
+    ifindex = read_optional(fd, base + "ifindex", parse_ifindex, w, None)
     if ifindex is None and not w:
         # Every netdev has an ifindex; gone means it moved to another netns just now.
         log.debug("sysfs_netdev_vanished", netdev=name)
         return None
     netdev = NetDev(
         name=name,
-        mac=_optional(fd, base + "address", parse_mac, w, None),
-        mtu=_optional(fd, base + "mtu", parse_int, w, None),
-        operstate=_optional(fd, base + "operstate", parse_operstate, w, None),
-        carrier=_carrier(fd, base + "carrier", w),
-        link_type=_optional(fd, base + "type", parse_link_type, w, None),
+        mac=read_optional(fd, base + "address", parse_mac, w, None),
+        mtu=read_optional(fd, base + "mtu", _mtu, w, None),
+        operstate=read_optional(fd, base + "operstate", parse_operstate, w, None),
+        carrier=read_carrier(fd, base + "carrier", w),
+        link_type=read_optional(fd, base + "type", _link_type, w, None),
         ifindex=ifindex,
     )
     warnings.extend(f"netdev {name}: {msg.removeprefix(base)}" for msg in w)
@@ -206,19 +139,19 @@ def _net_dirs(entries: Iterable[str]) -> list[str]:
 
 
 def _netdev_listings(
-    dev: _Dir, net_dirs: Iterable[str], warnings: list[str]
+    dev: Dir, net_dirs: Iterable[str], warnings: list[str]
 ) -> list[tuple[str, list[str]]]:
     """(net dir, netdev names) for each of `net_dirs` that exists."""
     found = []
     for net_dir in net_dirs:
-        names = _listdir(f"{dev.path}/{net_dir}", warnings, net_dir)
+        names = list_dir(f"{dev.path}/{net_dir}", warnings, net_dir)
         if names is not None:
             found.append((net_dir, names))
     return found
 
 
 def _read_netdevs(
-    dev: _Dir, net_dirs: Iterable[str], warnings: list[str]
+    dev: Dir, net_dirs: Iterable[str], warnings: list[str]
 ) -> tuple[tuple[NetDev, ...], NetdevState]:
     netdevs: list[NetDev] = []
     listings = _netdev_listings(dev, net_dirs, warnings)
@@ -230,18 +163,72 @@ def _read_netdevs(
     return tuple(netdevs), netdev_state(netdevs, bool(listings))
 
 
-def _read_virtfns(dev: _Dir, entries: Iterable[str], warnings: list[str]) -> dict[str, int]:
+def _read_virtfns(dev: Dir, entries: Iterable[str], warnings: list[str]) -> dict[str, int]:
     virtfns: dict[str, int] = {}
     for name in entries:
         index = virtfn_index(name)
         if index is not None:
-            vf = _link(dev.fd, name, pci_address_of_link, warnings, None)
+            vf = read_link(dev.fd, name, pci_address_of_link, warnings, None)
             if vf is not None:
                 virtfns[vf] = index
     return virtfns
 
 
-def _probe_dir(dev: _Dir) -> _Probe | None:
+def _uevent_required(env: Mapping[str, str], key: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(env[key])
+    except ValueError as exc:
+        raise Skip(f"uevent {key}: {exc}") from None
+
+
+def _uevent_optional(
+    env: Mapping[str, str], key: str, parse: Callable[[str], T], warnings: list[str], default: T
+) -> T:
+    try:
+        return parse(env[key])
+    except ValueError as exc:
+        warnings.append(f"uevent {key}: {exc}")
+    return default
+
+
+def _identity(fd: int, env: Mapping[str, str]) -> tuple[str, str, str] | None:
+    """(class, vendor, device) of a network function; None for any other class.
+
+    Each from the uevent when it has the key, else from its own file.
+    """
+    if "PCI_CLASS" in env:
+        class_code = _uevent_required(env, "PCI_CLASS", _class_of_uevent)
+    else:
+        class_code = read_required(fd, "class", parse_class)
+    if not class_code.startswith(NETWORK_CLASS_PREFIX):
+        return None
+    if "PCI_ID" in env:
+        vendor, device = _uevent_required(env, "PCI_ID", _ids_of_uevent)
+    else:
+        vendor = read_required(fd, "vendor", parse_hex_id)
+        device = read_required(fd, "device", parse_hex_id)
+    return class_code, vendor, device
+
+
+def _subsystem(fd: int, env: Mapping[str, str], w: list[str]) -> tuple[str | None, str | None]:
+    if "PCI_SUBSYS_ID" in env:
+        return _uevent_optional(env, "PCI_SUBSYS_ID", _ids_of_uevent, w, (None, None))
+    return (
+        read_optional(fd, "subsystem_vendor", parse_hex_id, w, None),
+        read_optional(fd, "subsystem_device", parse_hex_id, w, None),
+    )
+
+
+def _driver(fd: int, env: Mapping[str, str], w: list[str]) -> str | None:
+    """A PCI uevent without `DRIVER=` is the kernel saying "unbound"."""
+    if not env:
+        return read_link(fd, "driver", driver_of_link, w, None)
+    if "DRIVER" not in env:
+        return None
+    return _uevent_optional(env, "DRIVER", parse_driver_name, w, None)
+
+
+def _probe_dir(dev: Dir, pci: str) -> _Probe | None:
     """Read one PCI function; None when it is not a network controller.
 
     The directory is only listed where a listing is the only way to know:
@@ -250,73 +237,72 @@ def _probe_dir(dev: _Dir) -> _Probe | None:
     node, costs a fixed set of opens and readlinks.
     """
     fd = dev.fd
-    class_code = _required(fd, "class", parse_class)
-    if not class_code.startswith(NETWORK_CLASS_PREFIX):
+    env = read_uevent(fd, pci)
+    identity = _identity(fd, env)
+    if identity is None:
         return None
-    vendor = _required(fd, "vendor", parse_hex_id)
-    device = _required(fd, "device", parse_hex_id)
+    class_code, vendor, device = identity
     w: list[str] = []
+    subsystem_vendor, subsystem_device = _subsystem(fd, env, w)
     fields: dict[str, Any] = {
         "vendor": vendor,
         "device": device,
         "class_code": class_code,
-        "subsystem_vendor": _optional(fd, "subsystem_vendor", parse_hex_id, w, None),
-        "subsystem_device": _optional(fd, "subsystem_device", parse_hex_id, w, None),
-        "driver": _link(fd, "driver", driver_of_link, w, None),
-        "numa_node": _optional(fd, "numa_node", parse_numa_node, w, None),
-        "iommu_group": _link(fd, "iommu_group", iommu_group_of_link, w, None),
+        "subsystem_vendor": subsystem_vendor,
+        "subsystem_device": subsystem_device,
+        "driver": _driver(fd, env, w),
+        "numa_node": read_optional(fd, "numa_node", _numa_node, w, None),
+        "iommu_group": read_link(fd, "iommu_group", iommu_group_of_link, w, None),
     }
     probe = _Probe(fields=fields, warnings=w)
     entries: list[str] = []
-    pf = _link(fd, "physfn", pci_address_of_link, w, None)
+    pf = read_link(fd, "physfn", _pf_of_link, w, None)
     if pf is not None:
         fields["pf_address"] = pf
     else:
-        total_vfs = _optional(fd, "sriov_totalvfs", parse_int, w, None)
+        total_vfs = read_optional(fd, "sriov_totalvfs", parse_int, w, None)
         if total_vfs is not None:
-            entries = _listdir(dev.path, w, "device directory") or []
+            entries = list_dir(dev.path, w, "device directory") or []
             fields["total_vfs"] = total_vfs
-            fields["num_vfs"] = _optional(fd, "sriov_numvfs", parse_int, w, 0)
+            fields["num_vfs"] = read_optional(fd, "sriov_numvfs", parse_int, w, 0)
             probe.virtfns = _read_virtfns(dev, entries, w)
             fields["vf_addresses"] = tuple(sorted(probe.virtfns, key=probe.virtfns.__getitem__))
     if vendor == VIRTIO_VENDOR and not entries:
-        entries = _listdir(dev.path, w, "device directory") or []
+        entries = list_dir(dev.path, w, "device directory") or []
     fields["netdevs"], fields["netdev_state"] = _read_netdevs(dev, _net_dirs(entries), w)
     return probe
 
 
-def _open_device(bus: _Dir, pci: str) -> _Dir:
+def _open_device(bus: Dir, pci: str) -> Dir:
     try:
-        return _Dir(os.open(pci, _DIR_FLAGS, dir_fd=bus.fd), f"{bus.path}/{pci}")
+        return Dir(os.open(pci, DIR_FLAGS, dir_fd=bus.fd), f"{bus.path}/{pci}")
     except FileNotFoundError:
-        raise _Skip("vanished (dangling bus/pci/devices link)") from None
+        raise Skip("vanished (dangling bus/pci/devices link)") from None
     except OSError as exc:
-        raise _Skip(f"cannot open: {exc.strerror}") from None
+        raise Skip(f"cannot open: {exc.strerror}") from None
 
 
-def _probe(bus: _Dir, pci: str) -> _Probe | None:
+_VANISHED = "vanished during scan (hot-unplug)"
+
+
+def _probe(bus: Dir, pci: str) -> _Probe | None:
+    """Read one function; whether it is still there afterwards is the caller's check."""
     dev = _open_device(bus, pci)
     try:
-        probe = _probe_dir(dev)
+        return _probe_dir(dev, pci)
     finally:
         os.close(dev.fd)
-    if probe is not None:
-        try:
-            os.stat(pci, dir_fd=bus.fd)
-        except FileNotFoundError:
-            raise _Skip("vanished during scan (hot-unplug)") from None
-    return probe
 
 
-def _read_pf_info(bus: _Dir, pf: str) -> _PfInfo | None:
+def _read_pf_info(bus: Dir, pf: str) -> _PfInfo | None:
     """The PF side of a VF whose PF was not read as a network device in this pass."""
     ignored: list[str] = []
     try:
         dev = _open_device(bus, pf)
-    except _Skip:
+    except Skip:
         return None
     try:
-        entries = _listdir(dev.path, ignored, "")
+        entries = list_dir(dev.path, ignored, "")
         if entries is None:
             return None
         virtfns = _read_virtfns(dev, entries, ignored)
@@ -350,9 +336,9 @@ def _first_netdev(probe: _Probe) -> str | None:
     return netdevs[0].name if netdevs else None
 
 
-def _open_bus(sysfs_root: Path) -> _Dir:
+def _open_bus(sysfs_root: Path) -> Dir:
     path = os.path.join(sysfs_root, PCI_DEVICES)
-    return _Dir(os.open(path, _DIR_FLAGS), path)
+    return Dir(os.open(path, DIR_FLAGS), path)
 
 
 def _skipped(pci: str, reason: str) -> str:
@@ -365,9 +351,10 @@ def _unreadable_bus(sysfs_root: Path, exc: OSError) -> NodeDevices:
     return NodeDevices(warnings=(f"{sysfs_root}/{PCI_DEVICES} unreadable: {exc.strerror}",))
 
 
-def _scan_bus(bus: _Dir) -> NodeDevices:
+def _scan_bus(bus: Dir) -> NodeDevices:
     node_warnings: list[str] = []
     probes: dict[str, _Probe] = {}
+    entries: dict[str, str] = {}  # bus entry of each probe, as listed
     for entry in sorted(os.listdir(bus.path)):
         try:
             pci = parse_pci_address(entry)
@@ -376,11 +363,21 @@ def _scan_bus(bus: _Dir) -> NodeDevices:
             continue
         try:
             probe = _probe(bus, entry)
-        except _Skip as exc:
+        except Skip as exc:
             node_warnings.append(_skipped(pci, str(exc)))
             continue
         if probe is not None:
             probes[pci] = probe
+            entries[pci] = entry
+
+    # Gone by the end of the scan: skipped, whatever was read. One listing of the bus
+    # instead of a stat per device; the kernel drops a device's bus link first
+    # (device_del: bus_remove_device, then kobject_del of its directory).
+    present = set(os.listdir(bus.path))
+    for pci, entry in entries.items():
+        if entry not in present:
+            del probes[pci]
+            node_warnings.append(_skipped(pci, _VANISHED))
 
     # Each PF's virtfn links were read once in the first pass; its VFs share them.
     pf_cache: dict[str, _PfInfo | None] = {
@@ -423,10 +420,15 @@ def read_device(sysfs_root: Path, pci_address: str) -> Device | None:
     try:
         try:
             probe = _probe(bus, pci)
-        except _Skip as exc:
+        except Skip as exc:
             _skipped(pci, str(exc))
             return None
         if probe is None:
+            return None
+        try:
+            os.stat(pci, dir_fd=bus.fd)
+        except FileNotFoundError:
+            _skipped(pci, _VANISHED)
             return None
         return _finish(pci, probe, lambda pf: _read_pf_info(bus, pf))
     finally:

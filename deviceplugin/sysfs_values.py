@@ -17,6 +17,8 @@ _PCI_ADDRESS = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _INT = re.compile(r"-?[0-9]+")
 _HEX = re.compile(r"[0-9a-f]+")
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){0,31}")
+_UEVENT_CLASS = re.compile(r"[0-9A-Fa-f]{4,6}")  # the kernel's %04X of a 24-bit class
+_UEVENT_IDS = re.compile(r"[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}")  # %04X:%04X of two 16-bit ids
 _OPERSTATES = frozenset(
     {"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
 )
@@ -43,9 +45,12 @@ def parse_class(text: str) -> str:
 def parse_int(text: str, minimum: int = 0) -> int:
     """A decimal sysfs number; strict, because `int()` also takes `"1_0"` and non-ASCII digits."""
     value = text.strip()
-    if not _INT.fullmatch(value) or int(value) < minimum:
-        raise ValueError(f"not an integer >= {minimum}: {_clip(text)}")
-    return int(value)
+    # The common case first: ASCII digits only (what `_INT` takes without the sign).
+    if (value.isascii() and value.isdigit()) or _INT.fullmatch(value):
+        number = int(value)
+        if number >= minimum:
+            return number
+    raise ValueError(f"not an integer >= {minimum}: {_clip(text)}")
 
 
 def parse_numa_node(text: str) -> int | None:
@@ -118,6 +123,54 @@ def driver_of_link(target: str) -> str:
     if not name:
         raise ValueError(f"empty driver link: {_clip(target)}")
     return name
+
+
+# --- a PCI function's `uevent` ---------------------------------------------------
+# The kernel builds it on each read: `DRIVER=<name>` while a driver is bound
+# (drivers/base/core.c, dev_uevent), then pci_uevent's PCI_CLASS=%04X,
+# PCI_ID=%04X:%04X, PCI_SUBSYS_ID=%04X:%04X, PCI_SLOT_NAME and MODALIAS
+# (drivers/pci/pci-driver.c), from the same fields as the `class`, `vendor`,
+# `device`, `subsystem_*` files and the `driver` link. One read instead of six.
+
+
+def parse_uevent(text: str) -> dict[str, str]:
+    """`KEY=value\\n` lines; a line without `=` or its newline, or a key twice, refuses it all.
+
+    Keys are not checked further: only known keys are looked up, and each
+    value goes through its own strict parser.
+    """
+    lines = text.split("\n")
+    if lines.pop():
+        raise ValueError(f"no newline at the end: {_clip(text[-40:])}")
+    try:
+        env = dict([line.split("=", 1) for line in lines])
+    except ValueError:
+        raise ValueError(f"not KEY=value lines: {_clip(text)}") from None
+    if len(env) != len(lines):
+        raise ValueError(f"a key twice: {_clip(text)}")
+    return env
+
+
+def parse_uevent_class(text: str) -> str:
+    """`PCI_CLASS=20000` -> `"020000"`, as `parse_class` spells the `class` file's `0x020000`."""
+    if not _UEVENT_CLASS.fullmatch(text):
+        raise ValueError(f"not a PCI class: {_clip(text)}")
+    return text.lower().zfill(6)
+
+
+def parse_uevent_ids(text: str) -> tuple[str, str]:
+    """`PCI_ID=8086:10CA` (and `PCI_SUBSYS_ID`) -> `("8086", "10ca")`."""
+    if not _UEVENT_IDS.fullmatch(text):
+        raise ValueError(f"not a vendor:device pair: {_clip(text)}")
+    vendor, _, device = text.lower().partition(":")
+    return vendor, device
+
+
+def parse_driver_name(text: str) -> str:
+    """`DRIVER=igbvf`: the name of a directory under `bus/pci/drivers`."""
+    if not text or "/" in text or text in (".", ".."):
+        raise ValueError(f"not a driver name: {_clip(text)}")
+    return text
 
 
 def virtfn_index(name: str) -> int | None:

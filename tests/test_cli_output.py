@@ -29,6 +29,7 @@ def degraded_sysfs(tmp_path: Path) -> Path:
     fs = FakeSysfs(tmp_path / "sys")
     fs.add_virtio_nic(GOOD, "ndpgood")
     fs.add_virtio_nic(DEGRADED, "ndpbad")
+    (fs.pci_dir(DEGRADED) / "uevent").unlink()  # the ids from their files, then
     fs.write_attr(DEGRADED, "vendor", b"\xff\xfe\n")
     return tmp_path / "sys"
 

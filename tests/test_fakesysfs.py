@@ -97,6 +97,32 @@ def test_lab_has_the_hosts_primary_nic_and_non_network_functions(lab: FakeSysfs)
     ]
 
 
+def test_uevent_as_the_kernel_prints_it(lab: FakeSysfs, sriov: FakeSysfs) -> None:
+    """dev_uevent's DRIVER= while a driver is bound, then pci_uevent's keys, %04X upper case
+    (but the prog-if in MODALIAS, %02x)."""
+    assert text(lab.pci_dir("0000:00:03.0") / "uevent") == (
+        "DRIVER=virtio-pci\nPCI_CLASS=20000\nPCI_ID=1AF4:1041\nPCI_SUBSYS_ID=1AF4:1100\n"
+        "PCI_SLOT_NAME=0000:00:03.0\n"
+        "MODALIAS=pci:v00001AF4d00001041sv00001AF4sd00001100bc02sc00i00\n"
+    )
+    usb = sriov.add_nic("0000:00:1d.0", vendor="8086", device="a36d", driver=None, netdev=None,
+                        class_code="0x0c03fe", subsystem=("15d9", "0a1b"))  # fmt: skip
+    assert text(sriov.pci_dir(usb) / "uevent") == (
+        "PCI_CLASS=C03FE\nPCI_ID=8086:A36D\nPCI_SUBSYS_ID=15D9:0A1B\nPCI_SLOT_NAME=0000:00:1d.0\n"
+        "MODALIAS=pci:v00008086d0000A36Dsv000015D9sd00000A1Bbc0Csc03ife\n"
+    )
+    vf = "0000:01:10.2"
+
+    def first_line() -> str:
+        return text(sriov.pci_dir(vf) / "uevent").splitlines()[0]
+
+    assert first_line() == "DRIVER=igbvf"
+    sriov.bind(vf, "vfio-pci")
+    assert first_line() == "DRIVER=vfio-pci"
+    sriov.bind(vf, None)
+    assert first_line() == "PCI_CLASS=20000"
+
+
 def test_lab_takes_netdev_names(tmp_path: Path) -> None:
     fs = virtio_lab(tmp_path, ["veth-a1", "veth-b1"], primary_netdev="uplink")
     assert sorted(p.name for p in (tmp_path / "class/net").iterdir()) == [

@@ -13,13 +13,26 @@ from helpers import host_uplinks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deviceplugin import sysfs, sysfs_values
+from deviceplugin import sysfs, sysfs_read, sysfs_values
 from deviceplugin.model import Device, NetdevState
 from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, tmpfs_tempdir, virtio_lab
 from deviceplugin.sysfs import read_device, scan
 
 PF = "0000:01:00.0"
 VF0, VF1, VF2 = "0000:01:10.0", "0000:01:10.2", "0000:01:10.4"
+# This host's virtio NIC, as a 6.18 kernel prints its uevent.
+KERNEL_UEVENT = (
+    "DRIVER=virtio-pci\nPCI_CLASS=20000\nPCI_ID=1AF4:1041\nPCI_SUBSYS_ID=1AF4:1041\n"
+    "PCI_SLOT_NAME=0000:00:03.0\nMODALIAS=pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00\n"
+)
+KERNEL_UEVENT_KEYS = {
+    "DRIVER": "virtio-pci",
+    "PCI_CLASS": "20000",
+    "PCI_ID": "1AF4:1041",
+    "PCI_SUBSYS_ID": "1AF4:1041",
+    "PCI_SLOT_NAME": "0000:00:03.0",
+    "MODALIAS": "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00",
+}
 
 
 @pytest.fixture
@@ -71,6 +84,13 @@ def only(fs: FakeSysfs, pci: str) -> Device:
         (sysfs_values.virtfn_index, "virtio3", None),
         (sysfs_values.is_virtio_child, "virtio3", True),
         (sysfs_values.is_virtio_child, "virtfn3", False),
+        (sysfs_values.parse_uevent_class, "20000", "020000"),
+        (sysfs_values.parse_uevent_class, "FFFF00", "ffff00"),
+        (sysfs_values.parse_uevent_class, "0000", "000000"),
+        (sysfs_values.parse_uevent_ids, "1AF4:1041", ("1af4", "1041")),
+        (sysfs_values.parse_driver_name, "virtio-pci", "virtio-pci"),
+        (sysfs_values.parse_uevent, KERNEL_UEVENT, KERNEL_UEVENT_KEYS),
+        (sysfs_values.parse_uevent, "", {}),
     ],
 )
 def test_parsers(parse, raw, expected) -> None:
@@ -94,11 +114,58 @@ def test_parsers(parse, raw, expected) -> None:
         (sysfs_values.pci_address_of_link, "../eth0"),
         (sysfs_values.iommu_group_of_link, "../kernel/iommu_groups/x"),
         (sysfs_values.driver_of_link, ""),
+        (sysfs_values.parse_uevent_class, "0x20000"),
+        (sysfs_values.parse_uevent_class, "200"),
+        (sysfs_values.parse_uevent_class, "1000000"),
+        (sysfs_values.parse_uevent_class, "20000\n"),
+        (sysfs_values.parse_uevent_ids, "8086:10C"),
+        (sysfs_values.parse_uevent_ids, "8086-10CA"),
+        (sysfs_values.parse_uevent_ids, "8086:10CA:1"),
+        (sysfs_values.parse_driver_name, ""),
+        (sysfs_values.parse_driver_name, "../vfio-pci"),
+        (sysfs_values.parse_uevent, "DRIVER=igb\ngarbage\n"),
+        (sysfs_values.parse_uevent, "DRIVER=igb\nDRIVER=vfio-pci\n"),
     ],
 )
 def test_parsers_reject_garbage(parse, raw) -> None:
     with pytest.raises(ValueError):
         parse(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 0xFFFFFF))
+def test_uevent_class_reads_as_the_class_file(code: int) -> None:
+    uevent = sysfs_values.parse_uevent_class(f"{code:04X}")  # pci_uevent's PCI_CLASS
+    assert uevent == sysfs_values.parse_class(f"0x{code:06x}\n")  # class_show's
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))
+def test_uevent_ids_read_as_the_id_files(vendor: int, device: int) -> None:
+    files = (f"0x{vendor:04x}\n", f"0x{device:04x}\n")
+    assert sysfs_values.parse_uevent_ids(f"{vendor:04X}:{device:04X}") == tuple(
+        sysfs_values.parse_hex_id(f) for f in files
+    )
+
+
+_UEVENT_KEYS = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_", min_size=1, max_size=16)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_UEVENT_KEYS, st.text(st.characters(codec="ascii"), max_size=40).map(
+    lambda v: v.replace("\n", "")), max_size=8))  # fmt: skip
+def test_uevent_lines_round_trip(env: dict[str, str]) -> None:
+    assert sysfs_values.parse_uevent("".join(f"{k}={v}\n" for k, v in env.items())) == env
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200))
+def test_parse_uevent_refuses_with_value_error_only(text: str) -> None:
+    try:
+        env = sysfs_values.parse_uevent(text)
+    except ValueError:
+        return
+    assert "".join(f"{k}={v}\n" for k, v in env.items()) == text
 
 
 # --- layouts ------------------------------------------------------------------
@@ -200,14 +267,14 @@ def test_carrier_and_link_types(tmp_path: Path) -> None:
 def test_carrier_einval_means_unknown_not_a_problem(
     lab: FakeSysfs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_read = sysfs._read_text
+    real_read = sysfs_read.read_text
 
     def read(name: str, dir_fd: int) -> str:
         if name.endswith("/carrier"):
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         return real_read(name, dir_fd)
 
-    monkeypatch.setattr(sysfs, "_read_text", read)
+    monkeypatch.setattr(sysfs_read, "read_text", read)
     dev = only(lab, "0000:00:03.0")
     assert dev.netdevs[0].carrier is None and dev.warnings == ()
 
@@ -243,22 +310,71 @@ def test_no_pci_bus_at_all(tmp_path: Path) -> None:
     assert node.devices == {} and len(node.warnings) == 1
 
 
+def with_uevent(fs: FakeSysfs, pci: str, **keys: str | None) -> None:
+    """Change keys of a function's `uevent` (None: drop the key), keeping the kernel's order."""
+    path = fs.pci_dir(pci) / "uevent"
+    env = {**sysfs_values.parse_uevent(path.read_text()), **keys}
+    path.write_text("".join(f"{k}={v}\n" for k, v in env.items() if v is not None))
+
+
 def test_garbage_identity_skips_only_that_device(lab: FakeSysfs) -> None:
-    lab.write_attr("0000:01:00.0", "vendor", "0xnope\n")
-    lab.write_attr("0000:02:00.0", "class", b"\xff\xfe")
+    with_uevent(lab, "0000:01:00.0", PCI_ID="nope")
+    with_uevent(lab, "0000:02:00.0", PCI_CLASS="2")
+    (lab.pci_dir("0000:03:00.0") / "uevent").unlink()  # the files say it then
+    lab.write_attr("0000:03:00.0", "class", b"\xff\xfe")
     node = scan(lab.root)
-    assert sorted(node.devices) == ["0000:00:03.0", "0000:03:00.0"]
-    assert len(node.warnings) == 2
-    assert node.warnings[0].startswith("0000:01:00.0: skipped: vendor")
+    assert sorted(node.devices) == ["0000:00:03.0"]
+    reasons = [w.partition(": skipped: ")[2] for w in node.warnings]
+    assert [r.partition(":")[0] for r in reasons] == ["uevent PCI_ID", "uevent PCI_CLASS", "class"]
+
+
+def test_ids_and_driver_come_from_the_uevent(sriov: FakeSysfs) -> None:
+    """One read instead of five files and a link: they may all be gone."""
+    before = only(sriov, VF0)
+    for name in ("class", "vendor", "device", "subsystem_vendor", "subsystem_device", "driver"):
+        (sriov.pci_dir(VF0) / name).unlink()
+    assert only(sriov, VF0) == before and before.warnings == ()
+    assert (before.vendor, before.device, before.driver) == ("8086", "10ca", "igbvf")
+
+
+def test_without_a_uevent_the_files_say_the_same(sriov: FakeSysfs, lab: FakeSysfs) -> None:
+    sriov.add_nic("0000:3b:00.1", vendor="8086", device="1572", driver=None, netdev=None,
+                  class_code="0x020700", subsystem=("15d9", "0000"))  # fmt: skip
+    befores = {fs: scan(fs.root) for fs in (sriov, lab)}
+    drivers = {d.driver for node in befores.values() for d in node.devices.values()}
+    assert drivers == {None, "igb", "igbvf", "vfio-pci", "virtio-pci"}
+    for fs, before in befores.items():
+        pcis = list(before.devices)
+        # A uevent with the slot and driver only: every id from its file.
+        with_uevent(fs, pcis[0], PCI_CLASS=None, PCI_ID=None, PCI_SUBSYS_ID=None)
+        for pci in pcis[1:]:
+            (fs.pci_dir(pci) / "uevent").unlink()
+        assert scan(fs.root) == before
+
+
+def test_a_uevent_naming_another_function_is_not_used(sriov: FakeSysfs) -> None:
+    with_uevent(sriov, VF0, PCI_SLOT_NAME=VF1, PCI_ID="1234:5678", DRIVER=None)
+    dev = only(sriov, VF0)
+    assert (dev.vendor, dev.device, dev.driver, dev.warnings) == ("8086", "10ca", "igbvf", ())
+
+
+def test_a_uevent_without_driver_means_unbound(sriov: FakeSysfs) -> None:
+    """The kernel writes DRIVER= exactly while a driver is bound; the link is not read."""
+    with_uevent(sriov, VF0, DRIVER=None)
+    with_uevent(sriov, VF1, DRIVER="")
+    node = scan(sriov.root)
+    assert node.devices[VF0].driver is None and node.devices[VF0].warnings == ()
+    assert node.devices[VF1].driver is None
+    assert node.devices[VF1].warnings == ("uevent DRIVER: not a driver name: ''",)
 
 
 def test_garbage_attribute_degrades_the_device(sriov: FakeSysfs) -> None:
     sriov.write_attr(VF0, "numa_node", "many\n")
-    sriov.write_attr(VF0, "subsystem_vendor", b"\x00\x01")
+    with_uevent(sriov, VF0, PCI_SUBSYS_ID="8086")
     (sriov.netdev_dir("ens1f0v0") / "mtu").write_text("-5\n")
     (sriov.netdev_dir("ens1f0v0") / "address").write_text("not a mac\n")
     dev = only(sriov, VF0)
-    assert dev.numa_node is None and dev.subsystem_vendor is None
+    assert dev.numa_node is None and dev.subsystem_vendor is dev.subsystem_device is None
     assert dev.netdevs[0].mtu is None and dev.netdevs[0].mac is None
     assert dev.netdevs[0].operstate == "up"
     assert dev.vf_index == 0 and dev.vendor == "8086"
@@ -278,6 +394,9 @@ def test_unreadable_files_degrade_the_device(lab: FakeSysfs) -> None:
     dev = only(lab, "0000:01:00.0")
     assert dev.numa_node is None and dev.netdevs[0].carrier is None
     assert len(dev.warnings) == 2
+    (pci_dir / "uevent").unlink()
+    (pci_dir / "uevent").mkdir()
+    assert only(lab, "0000:01:00.0") == dev  # the same, from the files
     (pci_dir / "device").unlink()
     (pci_dir / "device").mkdir()
     assert "0000:01:00.0" not in scan(lab.root).devices
@@ -287,6 +406,7 @@ def test_dangling_and_garbage_links(sriov: FakeSysfs) -> None:
     vf0_dir = sriov.pci_dir(VF0)
     os.unlink(vf0_dir / "iommu_group")
     os.symlink("../../../kernel/iommu_groups/banana", vf0_dir / "iommu_group")
+    os.unlink(vf0_dir / "uevent")  # the driver from its link, then
     os.unlink(vf0_dir / "driver")
     os.symlink("../../../../bus/pci/drivers/gone", vf0_dir / "driver")
     shutil.rmtree(sriov.pci_dir(VF1))  # bus/pci/devices link left dangling, virtfn1 too
@@ -327,7 +447,7 @@ def test_garbage_bus_entries(lab: FakeSysfs) -> None:
 @pytest.fixture
 def vanish_during(monkeypatch: pytest.MonkeyPatch) -> Iterator:
     """Run an action the first time the scanner reads a file whose path ends so."""
-    real_read = sysfs._read_text
+    real_read = sysfs_read.read_text
 
     def arm(path_suffix: str, action) -> None:
         fired = []
@@ -339,19 +459,27 @@ def vanish_during(monkeypatch: pytest.MonkeyPatch) -> Iterator:
                 action()
             return real_read(name, dir_fd)
 
-        monkeypatch.setattr(sysfs, "_read_text", read)
+        monkeypatch.setattr(sysfs_read, "read_text", read)
 
     yield arm
 
 
 def test_device_unplugged_mid_read(sriov: FakeSysfs, vanish_during) -> None:
-    vanish_during(f"{VF1}/subsystem_vendor", lambda: sriov.remove(VF1))
+    vanish_during(f"{VF1}/numa_node", lambda: sriov.remove(VF1))
     node = scan(sriov.root)
     assert VF1 not in node.devices and VF0 in node.devices
     assert any(w.startswith(f"{VF1}: skipped: vanished") for w in node.warnings)
 
 
+def test_device_unplugged_as_its_uevent_is_read(lab: FakeSysfs, vanish_during) -> None:
+    vanish_during("0000:02:00.0/uevent", lambda: lab.remove("0000:02:00.0"))
+    node = scan(lab.root)
+    assert "0000:02:00.0" not in node.devices and len(node.devices) == 3
+    assert node.warnings == ("0000:02:00.0: skipped: class missing (device vanished?)",)
+
+
 def test_device_unplugged_between_class_and_vendor(lab: FakeSysfs, vanish_during) -> None:
+    (lab.pci_dir("0000:02:00.0") / "uevent").unlink()
     vanish_during("0000:02:00.0/class", lambda: lab.remove("0000:02:00.0"))
     node = scan(lab.root)
     assert "0000:02:00.0" not in node.devices and len(node.devices) == 3

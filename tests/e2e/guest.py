@@ -268,8 +268,30 @@ def show_discovery(rec: Recorder, config_path: Path | None) -> dict[str, Any]:
             "driver": dev.driver,
             "pool": placed.get(address),
             "excluded": state.excluded.get(address),
+            "ids": [
+                dev.class_code,
+                dev.vendor,
+                dev.device,
+                dev.subsystem_vendor,
+                dev.subsystem_device,
+                dev.driver,
+            ],
+            "ids_from_files": ids_from_files(address),
+            "warnings": list(dev.warnings),
         }
     return {"default_route": sorted(state.default_route_ifaces), "devices": rows}
+
+
+def ids_from_files(pci: str) -> list[str | None]:
+    """Class, ids and driver as the function's own files and driver link say them (the scan
+    reads its `uevent` instead): the real kernel's two spellings must agree."""
+    pci_dir = Path("/sys/bus/pci/devices", pci)
+    ids = [
+        (pci_dir / name).read_text().strip().removeprefix("0x")
+        for name in ("class", "vendor", "device", "subsystem_vendor", "subsystem_device")
+    ]
+    driver = pci_dir / "driver"
+    return [*ids, os.path.basename(os.readlink(driver)) if os.path.lexists(driver) else None]
 
 
 @dataclass

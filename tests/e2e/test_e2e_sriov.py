@@ -40,6 +40,8 @@ def test_vfs_are_the_pool_and_the_pf_is_not(lab: GuestRun) -> None:
     for vf in vfs:
         assert discovery["devices"][vf]["pool"] == "kernel.org/sriov"
         assert discovery["devices"][vf]["driver"] == "igbvf"
+    for row in discovery["devices"].values():  # the uevent read as the files say, no warnings
+        assert (row["ids"], row["warnings"]) == (row["ids_from_files"], [])
 
 
 def test_allocate_env_carries_vf_addresses(lab: GuestRun) -> None:

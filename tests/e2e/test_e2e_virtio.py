@@ -37,6 +37,8 @@ def test_registers_exactly_the_spare_nics(lab: GuestRun) -> None:
     assert discovery["default_route"] == ["eth0"]
     assert discovery["devices"][uplink]["pool"] is None
     assert "default-route" in discovery["devices"][uplink]["excluded"]
+    for row in discovery["devices"].values():  # the uevent read as the files say, no warnings
+        assert (row["ids"], row["warnings"]) == (row["ids_from_files"], [])
 
 
 def test_pods_get_net1_with_a_host_local_address(lab: GuestRun) -> None:

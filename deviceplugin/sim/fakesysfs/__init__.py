@@ -6,7 +6,9 @@ useful as it is faithful, so it copies what a real kernel (6.1, seen in the
 QEMU lab) shows, down to the relative symlink targets:
 
 - `devices/pci0000:00/[<bridge>/]<bdf>/`: the function, with `vendor`,
-  `device`, `class`, `subsystem_vendor`, `subsystem_device`, `numa_node`;
+  `device`, `class`, `subsystem_vendor`, `subsystem_device`, `numa_node`, and
+  `uevent` as the kernel prints it (`DRIVER=` while bound, `PCI_CLASS`,
+  `PCI_ID`, `PCI_SUBSYS_ID`, `PCI_SLOT_NAME`, `MODALIAS`);
 - `bus/pci/devices/<bdf>` -> the function; `bus/pci/drivers/<drv>/<bdf>` and
   the function's `driver` -> `bus/pci/drivers/<drv>`;
 - `kernel/iommu_groups/<n>/devices/<bdf>` and the function's `iommu_group`;
@@ -18,9 +20,11 @@ QEMU lab) shows, down to the relative symlink targets:
   `sriov_vf_device` on the PF, VFs as siblings of the PF at the routing ids
   offset/stride give, `virtfnN` on the PF and `physfn` on each VF.
 
-Differences from the kernel, on purpose: a carrier the kernel would refuse to
-report (EINVAL, link administratively down) is an absent `carrier` file here,
-since a regular file cannot fail a read that way; `remove()` of a single VF
+Differences from the kernel, on purpose: `write_attr` changes one file, so
+an id file overwritten with garbage no longer agrees with the `uevent`; a
+carrier the kernel would refuse to report (EINVAL, link administratively
+down) is an absent `carrier` file here, since a regular file cannot fail a
+read that way; `remove()` of a single VF
 also drops the PF's `virtfnN` link (`sriov_numvfs` is left as it was).
 Netdev names are free-form strings, so a test can name fake netdevs after
 real veth ends it created.

@@ -51,6 +51,21 @@ class PciIds:
             ("subsystem_device", _hex(self.subsystem[1])),
         )
 
+    def uevent(self, pci: str, driver: str | None) -> str:
+        """The function's `uevent`, as the kernel prints it (dev_uevent, then pci_uevent)."""
+        ids = (self.vendor, self.device, self.class_code, *self.subsystem)
+        vendor, device, class_code, sub_vendor, sub_device = (int(v, 16) for v in ids)
+        lines = [f"DRIVER={driver}"] if driver is not None else []
+        lines += [
+            f"PCI_CLASS={class_code:04X}",
+            f"PCI_ID={vendor:04X}:{device:04X}",
+            f"PCI_SUBSYS_ID={sub_vendor:04X}:{sub_device:04X}",
+            f"PCI_SLOT_NAME={pci}",
+            f"MODALIAS=pci:v{vendor:08X}d{device:08X}sv{sub_vendor:08X}sd{sub_device:08X}"
+            f"bc{class_code >> 16:02X}sc{(class_code >> 8) & 0xFF:02X}i{class_code & 0xFF:02x}",
+        ]
+        return "".join(f"{line}\n" for line in lines)
+
 
 _ROOT_PORT = PciIds("1b36", "000c", BRIDGE_CLASS, ("1af4", "1100"))  # QEMU's pcie-root-port
 
@@ -318,6 +333,7 @@ class FakeSysfs:
         self._tree.mkdir(rel)
         fn = _Function(pci, rel, ids, numa_node, iommu_group, virtio)
         self._tree.write_attrs(rel, (*ids.files(), ("numa_node", numa_node)))
+        self._write_uevent(fn)
         self._tree.link(f"bus/pci/devices/{pci}", rel)
         if iommu_group is not None:
             self._join_iommu_group(fn, iommu_group)
@@ -370,6 +386,9 @@ class FakeSysfs:
         self._tree.rmtree(fn.rel)
         del self._functions[fn.pci]
 
+    def _write_uevent(self, fn: _Function) -> None:
+        self._tree.write(f"{fn.rel}/uevent", fn.ids.uevent(fn.pci, fn.driver))
+
     def _bind(self, fn: _Function, driver: str | None, attrs: NetdevAttrs) -> None:
         fn.driver = driver
         if driver is None:
@@ -378,6 +397,7 @@ class FakeSysfs:
         self._tree.mkdir(drv_rel, parents=True)
         self._tree.link(f"{drv_rel}/{fn.pci}", fn.rel)
         self._tree.link(f"{fn.rel}/driver", drv_rel)
+        self._write_uevent(fn)
         if driver == VFIO_DRIVER:
             return
         if fn.virtio:
@@ -418,6 +438,7 @@ class FakeSysfs:
             self._tree.unlink(f"bus/pci/drivers/{fn.driver}/{fn.pci}")
             self._tree.unlink(f"{fn.rel}/driver")
             fn.driver = None
+            self._write_uevent(fn)
 
     def _add_netdev(self, fn: _Function, nd: Netdev) -> None:
         self._netdevs.add(nd, fn.net_rel, fn.virtio_dir or fn.pci, fn.pci)
