@@ -73,13 +73,10 @@ def open_sources(
         except Exception as exc:  # pyudev raises ImportError/OSError/its own on a bad libudev
             problems.append(f"no uevent socket: {exc}")
             uevents = None
-        from deviceplugin import pyroute2_loader
-
-        pyroute2_loader.load()
-        from deviceplugin.watch.links import LinkMonitor  # pyroute2: only when opened
+        from deviceplugin import watch  # `links`, and pyroute2 with it, load on first use
 
         try:
-            links = LinkMonitor(on_links)
+            links = watch.LinkMonitor(on_links)
             links.open()
         except OSError as exc:
             problems.append(f"no rtnetlink socket: {exc}")
