@@ -41,15 +41,17 @@ class Health(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class NetDev:
-    """A kernel network interface as sysfs shows it in the daemon's namespace."""
+    """A kernel network interface as sysfs shows it in the daemon's namespace.
+
+    Only what a decision uses: the name (device-info, Multus, the CNI), the
+    carrier (health where netlink does not know the link) and the link type
+    (`linkTypes` selectors). MAC, MTU and the rest come from netlink where the
+    CNI needs them; reading them here cost a scan a third of its time.
+    """
 
     name: str
-    mac: str | None = None
-    mtu: int | None = None
-    operstate: str | None = None  # "up", "down", "unknown", "lowerlayerdown", ...
     carrier: bool | None = None  # None when unreadable (interface administratively down)
     link_type: str | None = None  # "ether", "infiniband", or "arphrd-<n>" for others
-    ifindex: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ class Device:
     subsystem_device: str | None = None
     driver: str | None = None
     numa_node: int | None = None  # None where the kernel says -1 (no NUMA affinity)
-    iommu_group: int | None = None
+    iommu_group: int | None = None  # read for vfio-pci functions only, its one use
     netdevs: tuple[NetDev, ...] = ()
     netdev_state: NetdevState = NetdevState.NONE
     # SR-IOV, physical function side: sriov_totalvfs, sriov_numvfs and virtfnN links.

@@ -30,7 +30,6 @@ pass the names it saw earlier (`known_netdevs`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -124,14 +123,17 @@ class Assignment:
         return self.membership.get(pci_address)
 
 
-_PCI_ADDRESS_PARTS = re.compile(r"^([0-9a-f]+):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
+def pci_sort_key(pci_address: str) -> tuple[int, str]:
+    """Numeric order of PCI addresses (domains may be wider than four digits).
 
-
-def pci_sort_key(pci_address: str) -> tuple[tuple[int, ...], str]:
-    """Numeric order of PCI addresses (domains may be wider than four digits)."""
-    m = _PCI_ADDRESS_PARTS.match(pci_address)
-    numbers = tuple(int(part, 16) for part in m.groups()) if m else ()
-    return numbers, pci_address
+    Past the domain an address is fixed-width lower-case hex, so its text
+    sorts numerically; anything that is no address sorts first.
+    """
+    domain, _, rest = pci_address.partition(":")
+    try:
+        return int(domain, 16), rest
+    except ValueError:
+        return -1, pci_address
 
 
 def _parent_name(device: Device, last_netdev: str | None) -> str | None:

@@ -16,12 +16,8 @@ from deviceplugin.model import NetDev, NetdevState
 _PCI_ADDRESS = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
 _INT = re.compile(r"-?[0-9]+")
 _HEX = re.compile(r"[0-9a-f]+")
-_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){0,31}")
 _UEVENT_CLASS = re.compile(r"[0-9A-Fa-f]{4,6}")  # the kernel's %04X of a 24-bit class
 _UEVENT_IDS = re.compile(r"[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}")  # %04X:%04X of two 16-bit ids
-_OPERSTATES = frozenset(
-    {"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
-)
 _LINK_TYPES = {1: "ether", 32: "infiniband"}  # ARPHRD_ETHER, ARPHRD_INFINIBAND
 
 
@@ -59,22 +55,11 @@ def parse_numa_node(text: str) -> int | None:
     return None if node == -1 else node
 
 
-def parse_ifindex(text: str) -> int:
-    return parse_int(text, minimum=1)
-
-
 def parse_carrier(text: str) -> bool:
     value = text.strip()
     if value not in ("0", "1"):
         raise ValueError(f"carrier is not 0 or 1: {_clip(text)}")
     return value == "1"
-
-
-def parse_operstate(text: str) -> str:
-    value = text.strip()
-    if value not in _OPERSTATES:
-        raise ValueError(f"unknown operstate: {_clip(text)}")
-    return value
 
 
 def _matching(pattern: re.Pattern[str], what: str, text: str) -> str:
@@ -83,11 +68,6 @@ def _matching(pattern: re.Pattern[str], what: str, text: str) -> str:
     if not pattern.fullmatch(value):
         raise ValueError(f"not {what}: {_clip(text)}")
     return value
-
-
-def parse_mac(text: str) -> str:
-    """Colon-separated hex octets: 6 for Ethernet, 20 for InfiniBand."""
-    return _matching(_MAC, "a hardware address", text)
 
 
 def link_type_name(arphrd: int) -> str:
@@ -192,22 +172,23 @@ def netdev_state(netdevs: Iterable[NetDev], net_dir_seen: bool) -> NetdevState:
     return NetdevState.ELSEWHERE if net_dir_seen else NetdevState.NONE
 
 
-def pci_address_of_netdev_link(target: str, name: str) -> str | None:
-    """The PCI function a `class/net/<name>` link target puts the netdev under.
+def netdev_home_of_link(target: str, name: str) -> tuple[str, str] | None:
+    """(PCI function, net dir under it) a `class/net/<name>` link target puts the netdev in.
 
     The target is the netdev's place in the device tree:
-    `../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0` for virtio,
-    `.../0000:05:10.2/net/ens5v2` for most drivers. Only these two places
-    count, the ones `scan` reads netdevs from; a netdev of a USB or platform
-    device, or a virtual one (`devices/virtual/net/lo`), has no PCI function.
+    `../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0` for virtio
+    (net dir `virtio2/net`), `.../0000:05:10.2/net/ens5v2` for most drivers
+    (`net`). Only these two places count, the ones a device's own listing
+    finds; a netdev of a USB or platform device, or a virtual one
+    (`devices/virtual/net/lo`), has no PCI function.
     """
     parts = target.rstrip("/").split("/")
     if len(parts) < 3 or parts[-1] != name or parts[-2] != "net":
         return None
-    owner = parts[-3]
+    owner, net_dir = parts[-3], "net"
     if is_virtio_child(owner) and len(parts) >= 4:
-        owner = parts[-4]
+        owner, net_dir = parts[-4], f"{owner}/net"
     try:
-        return parse_pci_address(owner)
+        return parse_pci_address(owner), net_dir
     except ValueError:
         return None

@@ -9,9 +9,9 @@ from deviceplugin.health import HEALTHY, LinkState, Verdict, assess
 from deviceplugin.model import Device, Health, NetDev, NetdevState, NodeDevices
 from deviceplugin.pools import PoolSpec, Selector
 
-UP = NetDev("ens1", carrier=True, operstate="up")
-NO_CARRIER = NetDev("ens1", carrier=False, operstate="lowerlayerdown")
-ADMIN_DOWN = NetDev("ens1", carrier=None, operstate="down")
+UP = NetDev("ens1", carrier=True)
+NO_CARRIER = NetDev("ens1", carrier=False)
+ADMIN_DOWN = NetDev("ens1", carrier=None)
 
 
 def nic(address: str = "0000:01:00.0", *netdevs: NetDev, driver: str | None = "igb") -> Device:

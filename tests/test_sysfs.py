@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deviceplugin import sysfs, sysfs_read, sysfs_values
-from deviceplugin.model import Device, NetdevState
+from deviceplugin.model import Device, NetDev, NetdevState
 from deviceplugin.sim.fakesysfs import FakeSysfs, sriov_topology, tmpfs_tempdir, virtio_lab
 from deviceplugin.sysfs import read_device, scan
 
@@ -71,8 +71,6 @@ def only(fs: FakeSysfs, pci: str) -> Device:
         (sysfs_values.parse_numa_node, "-1\n", None),
         (sysfs_values.parse_numa_node, "1\n", 1),
         (sysfs_values.parse_carrier, "0\n", False),
-        (sysfs_values.parse_operstate, "lowerlayerdown\n", "lowerlayerdown"),
-        (sysfs_values.parse_mac, "52:54:00:5A:00:11\n", "52:54:00:5a:00:11"),
         (sysfs_values.parse_link_type, "1\n", "ether"),
         (sysfs_values.parse_link_type, "32\n", "infiniband"),
         (sysfs_values.parse_link_type, "772\n", "arphrd-772"),
@@ -108,9 +106,6 @@ def test_parsers(parse, raw, expected) -> None:
         (sysfs_values.parse_int, "-3"),
         (sysfs_values.parse_numa_node, "-2"),
         (sysfs_values.parse_carrier, "yes"),
-        (sysfs_values.parse_operstate, "sideways"),
-        (sysfs_values.parse_mac, "52:54:00:5a:00:1"),
-        (sysfs_values.parse_mac, ""),
         (sysfs_values.pci_address_of_link, "../eth0"),
         (sysfs_values.iommu_group_of_link, "../kernel/iommu_groups/x"),
         (sysfs_values.driver_of_link, ""),
@@ -182,15 +177,7 @@ def test_virtio_lab(lab: FakeSysfs) -> None:
     assert eth0.is_virtio and not eth0.is_pf and not eth0.is_vf
     assert eth0.netdev_state is NetdevState.PRESENT
     (nd,) = eth0.netdevs
-    assert (nd.name, nd.mac, nd.mtu, nd.operstate, nd.carrier, nd.link_type) == (
-        "eth0",
-        "52:54:00:5a:00:10",
-        1500,
-        "up",
-        True,
-        "ether",
-    )
-    assert nd.ifindex == 2
+    assert nd == NetDev("eth0", carrier=True, link_type="ether")
     assert node.by_netdev("eth2").pci_address == "0000:02:00.0"
     assert eth0.warnings == ()
 
@@ -258,7 +245,7 @@ def test_carrier_and_link_types(tmp_path: Path) -> None:
                arphrd=772, carrier=False, operstate="lowerlayerdown")  # fmt: skip
     node = scan(tmp_path)
     ib = node.devices["0000:00:05.0"].netdevs[0]
-    assert (ib.link_type, ib.carrier, ib.operstate) == ("infiniband", None, "down")
+    assert (ib.link_type, ib.carrier) == ("infiniband", None)
     other = node.devices["0000:00:06.0"].netdevs[0]
     assert (other.link_type, other.carrier) == ("arphrd-772", False)
     assert node.devices["0000:00:05.0"].warnings == ()
@@ -277,6 +264,18 @@ def test_carrier_einval_means_unknown_not_a_problem(
     monkeypatch.setattr(sysfs_read, "read_text", read)
     dev = only(lab, "0000:00:03.0")
     assert dev.netdevs[0].carrier is None and dev.warnings == ()
+
+
+def test_scan_without_class_net_lists_each_function(sriov: FakeSysfs, lab: FakeSysfs) -> None:
+    """`class/net` only saves listings: without it (or with a link gone) the scan is the same."""
+    sriov.move_netdev_out(VF1)
+    for fs in (sriov, lab):
+        before = scan(fs.root)
+        some = sorted(os.listdir(fs.root / "class/net"))[0]
+        os.unlink(fs.root / "class/net" / some)
+        assert scan(fs.root) == before
+        shutil.rmtree(fs.root / "class/net")
+        assert scan(fs.root) == before
 
 
 def test_read_device_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:
@@ -371,15 +370,16 @@ def test_a_uevent_without_driver_means_unbound(sriov: FakeSysfs) -> None:
 def test_garbage_attribute_degrades_the_device(sriov: FakeSysfs) -> None:
     sriov.write_attr(VF0, "numa_node", "many\n")
     with_uevent(sriov, VF0, PCI_SUBSYS_ID="8086")
-    (sriov.netdev_dir("ens1f0v0") / "mtu").write_text("-5\n")
-    (sriov.netdev_dir("ens1f0v0") / "address").write_text("not a mac\n")
+    (sriov.netdev_dir("ens1f0v0") / "type").write_text("-5\n")
+    (sriov.netdev_dir("ens1f0v0") / "carrier").write_text("maybe\n")
     dev = only(sriov, VF0)
     assert dev.numa_node is None and dev.subsystem_vendor is dev.subsystem_device is None
-    assert dev.netdevs[0].mtu is None and dev.netdevs[0].mac is None
-    assert dev.netdevs[0].operstate == "up"
+    assert dev.netdevs == (NetDev("ens1f0v0", carrier=None, link_type=None),)
+    assert dev.link_type == "ether"  # from the PCI class, as for a netdev in a pod
     assert dev.vf_index == 0 and dev.vendor == "8086"
     assert len(dev.warnings) == 4
-    assert any(w.startswith("netdev ens1f0v0: mtu") for w in dev.warnings)
+    assert "netdev ens1f0v0: type: not an integer >= 0: '-5\\n'" in dev.warnings
+    assert any(w.startswith("netdev ens1f0v0: carrier:") for w in dev.warnings)
     assert only(sriov, VF1).warnings == ()
 
 
@@ -403,17 +403,19 @@ def test_unreadable_files_degrade_the_device(lab: FakeSysfs) -> None:
 
 
 def test_dangling_and_garbage_links(sriov: FakeSysfs) -> None:
-    vf0_dir = sriov.pci_dir(VF0)
-    os.unlink(vf0_dir / "iommu_group")
-    os.symlink("../../../kernel/iommu_groups/banana", vf0_dir / "iommu_group")
+    vf2_dir, vf0_dir = sriov.pci_dir(VF2), sriov.pci_dir(VF0)  # VF2 is bound to vfio-pci
+    os.unlink(vf2_dir / "iommu_group")
+    os.symlink("../../../kernel/iommu_groups/banana", vf2_dir / "iommu_group")
     os.unlink(vf0_dir / "uevent")  # the driver from its link, then
     os.unlink(vf0_dir / "driver")
     os.symlink("../../../../bus/pci/drivers/gone", vf0_dir / "driver")
     shutil.rmtree(sriov.pci_dir(VF1))  # bus/pci/devices link left dangling, virtfn1 too
     node = scan(sriov.root)
     vf0 = node.devices[VF0]
-    assert vf0.iommu_group is None and vf0.driver == "gone"
-    assert len(vf0.warnings) == 1
+    assert vf0.driver == "gone" and vf0.warnings == ()
+    vf2 = node.devices[VF2]
+    assert vf2.iommu_group is None and vf2.vfio_device is None
+    assert vf2.warnings == ("iommu_group link: not an integer >= 0: 'banana'",)
     assert VF1 not in node.devices
     assert any(w.startswith(f"{VF1}: skipped: vanished") for w in node.warnings)
     assert node.devices[PF].vf_addresses == (VF0, VF1, VF2)  # as the PF's links say
@@ -486,7 +488,7 @@ def test_device_unplugged_between_class_and_vendor(lab: FakeSysfs, vanish_during
 
 
 def test_netdev_moved_mid_read(lab: FakeSysfs, vanish_during) -> None:
-    vanish_during("/net/eth1/ifindex", lambda: lab.move_netdev_out("0000:01:00.0"))
+    vanish_during("/net/eth1/type", lambda: lab.move_netdev_out("0000:01:00.0"))
     dev = only(lab, "0000:01:00.0")
     assert dev.netdev_state is NetdevState.ELSEWHERE and dev.warnings == ()
 
@@ -607,18 +609,20 @@ def test_finds_the_hosts_uplink() -> None:
 @pytest.mark.parametrize(
     ("target", "name", "expected"),
     [
-        ("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "eth0", "0000:00:03.0"),
-        ("../../devices/pci0000:00/0000:00:02.0/0000:01:00.0/net/ens1", "ens1", "0000:01:00.0"),
-        ("../../devices/pci0000:00/0000:00:02.0/0000:01:10.2/net/ens1v1/", "ens1v1", VF1),
+        ("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "eth0",
+         ("0000:00:03.0", "virtio2/net")),
+        ("../../devices/pci0000:00/0000:00:02.0/0000:01:00.0/net/ens1", "ens1",
+         ("0000:01:00.0", "net")),
+        ("../../devices/pci0000:00/0000:00:02.0/0000:01:10.2/net/ens1v1/", "ens1v1", (VF1, "net")),
         ("../../devices/virtual/net/lo", "lo", None),
         ("../../devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1:1.0/net/enx1", "enx1", None),
         ("../../devices/platform/a000000.virtio_mmio/virtio0/net/eth0", "eth0", None),
         ("../../devices/pci0000:00/0000:00:03.0/virtio2/net/eth0", "eth1", None),
         ("net/eth0", "eth0", None),
     ],
-)
-def test_pci_address_of_netdev_link(target: str, name: str, expected: str | None) -> None:
-    assert sysfs_values.pci_address_of_netdev_link(target, name) == expected
+)  # fmt: skip
+def test_netdev_home_of_link(target: str, name: str, expected: tuple[str, str] | None) -> None:
+    assert sysfs_values.netdev_home_of_link(target, name) == expected
 
 
 def test_netdev_pci_address_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:
