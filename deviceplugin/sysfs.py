@@ -271,13 +271,14 @@ def _probe_dir(
     """Read one PCI function; None when it is not a network controller.
 
     The directory is only listed where a listing is the only way to know:
-    PFs (their `virtfnN` links) and virtio functions (their `virtioN`
-    child; virtio-pci drives vendor 0x1af4 only). A VF, the bulk of a big
-    node, costs a fixed set of opens and readlinks. `homes`: its netdevs as
-    `class/net` names them (None: list its net dirs). `known_pf`: the PF
-    whose `virtfnN` link names this function, if already read (the kernel
-    makes that link and the VF's `physfn` together; a scan meets every PF
-    before its VFs, whose routing ids come after the PF's).
+    PFs (their `virtfnN` links) and virtio functions without a netdev in
+    `class/net` (their `virtioN` child; virtio-pci drives vendor 0x1af4
+    only). A VF, the bulk of a big node, costs a fixed set of opens and
+    readlinks. `homes`: its netdevs as `class/net` names them (None: list
+    its net dirs). `known_pf`: the PF whose `virtfnN` link names this
+    function, if already read (the kernel makes that link and the VF's
+    `physfn` together; a scan meets every PF before its VFs, whose routing
+    ids come after the PF's).
     """
     fd = dev.fd
     env = read_uevent(fd, pci)
@@ -311,12 +312,12 @@ def _probe_dir(
             fields["num_vfs"] = read_optional(fd, "sriov_numvfs", parse_int, w, 0)
             probe.virtfns = _read_virtfns(dev, entries, w)
             fields["vf_addresses"] = tuple(sorted(probe.virtfns, key=probe.virtfns.__getitem__))
-    if vendor == VIRTIO_VENDOR and not entries:
-        entries = list_dir(dev.path, w, "device directory") or []
     if homes:
         fields["netdevs"], fields["netdev_state"] = _read_homed_netdevs(dev, homes, w)
-    else:
-        fields["netdevs"], fields["netdev_state"] = _read_netdevs(dev, _net_dirs(entries), w)
+        return probe
+    if vendor == VIRTIO_VENDOR and not entries:
+        entries = list_dir(dev.path, w, "device directory") or []
+    fields["netdevs"], fields["netdev_state"] = _read_netdevs(dev, _net_dirs(entries), w)
     return probe
 
 
