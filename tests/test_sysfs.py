@@ -278,6 +278,32 @@ def test_scan_without_class_net_lists_each_function(sriov: FakeSysfs, lab: FakeS
         assert scan(fs.root) == before
 
 
+def test_a_vf_costs_four_reads_and_two_readlinks(tmpfs_path: Path, monkeypatch) -> None:
+    """Issue 13's budget, as marginal cost per VF: uevent, numa_node, its netdev's type and
+    carrier; its class/net link and its PF's virtfn link; no listing, no physfn."""
+    counts: dict[str, int] = {"read": 0, "readlink": 0, "listdir": 0}
+
+    def counting(kind, real):
+        def call(*args, **kwargs):
+            counts[kind] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(sysfs_read, "read_text", counting("read", sysfs_read.read_text))
+    monkeypatch.setattr(os, "readlink", counting("readlink", os.readlink))
+    monkeypatch.setattr(os, "listdir", counting("listdir", os.listdir))
+    cost = []
+    for vfs in (16, 48):
+        root = tmpfs_path / str(vfs)
+        sriov_topology(root, pfs=1, vfs_per_pf=vfs, numa_nodes=2)
+        counts.update(dict.fromkeys(counts, 0))
+        assert len(scan(root).devices) == vfs + 1
+        cost.append(dict(counts))
+    per_vf = {kind: (cost[1][kind] - cost[0][kind]) / 32 for kind in counts}
+    assert per_vf == {"read": 4, "readlink": 2, "listdir": 0}
+
+
 def test_read_device_agrees_with_scan(sriov: FakeSysfs, lab: FakeSysfs) -> None:
     sriov.move_netdev_out(VF1)
     for fs in (sriov, lab):
