@@ -235,6 +235,31 @@ def test_indexed_preference_matches_the_plain_rule(placement, data, size) -> Non
 
 
 @given(
+    count=st.integers(0, 40),
+    numa=st.sampled_from([None, 0, 1]),
+    data=st.data(),
+    size=st.integers(min_value=0, max_value=45),
+)
+def test_a_pool_of_one_group_prefers_as_the_plain_rule(count, numa, data, size) -> None:
+    """One PF on one NUMA node (the common VF pool) takes its own path: the same answers."""
+    pool = pool_of(*(vf(3, i, numa=numa) for i in range(count)))
+    assert (index(pool).sole_group is not None) == bool(pool)
+    ids = sorted(pool)
+    available = data.draw(st.lists(st.sampled_from([*ids, "bogus"]), max_size=50)) if ids else []
+    must = data.draw(st.lists(st.sampled_from([*ids, "bogus"]), max_size=6)) if ids else []
+    got = preferred_from_index(index(pool), available, must, size)
+    assert got == reference_preferred(pool, available, must, size)
+
+
+def test_only_a_pool_of_one_numa_node_and_one_pf_has_a_sole_group() -> None:
+    one = [vf(1, i, numa=0) for i in range(3)]
+    assert index(pool_of(*one)).sole_group == tuple(sorted(d.pci_address for d in one))
+    assert index(pool_of(*one, vf(2, 0, numa=0))).sole_group is None  # a second PF
+    assert index(pool_of(*one, vf(1, 5, numa=1))).sole_group is None  # a second NUMA node
+    assert index({}).sole_group is None
+
+
+@given(
     picks=st.lists(st.integers(0, 7), min_size=0, max_size=10),
     extra=st.dictionaries(
         st.sampled_from(["*", "0000:01:10.0", "0000:01:10.3"]),
