@@ -253,6 +253,12 @@ def preferred_allocation(
     need = size - len(chosen)
     if need <= 0:
         return chosen
+    if pool.sole_group is not None and need == 1 and not chosen:
+        # One device from one group: the lowest id the kubelet named, if the pool has it; one
+        # pass over the ids without hashing any, the kubelet's usual question for a VF pool.
+        lowest = min(available, default=None)
+        if lowest is None or lowest in pool.devices:
+            return [] if lowest is None else [lowest]
     free = set(available)
     free.difference_update(chosen)
     if pool.sole_group is not None:
