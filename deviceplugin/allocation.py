@@ -11,6 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 
 from deviceplugin.model import Device, NetdevState
 
@@ -96,7 +97,8 @@ class PoolIndex:
     env keys, each device's `_INFO` entry as JSON text, and the devices
     grouped by NUMA node and PF for `preferred_allocation`. With 1024 VFs
     every GetPreferredAllocation names them all, so per-call work must stay
-    near a set lookup per device.
+    near a set lookup per device, and below that for the common pool of one
+    PF's VFs on one NUMA node (`sole_group`), where no group needs counting.
     """
 
     resource_name: str
@@ -109,6 +111,8 @@ class PoolIndex:
     # NUMA key -> PF key -> ids in address order; keys as `_numa_key` and `_pf_key` give them.
     groups: Mapping[str, Mapping[str, tuple[str, ...]]]
     placement: Mapping[str, tuple[str, str]]  # id -> (NUMA key, PF key)
+    # Every id in address order when they all share one NUMA node and one PF, else None.
+    sole_group: tuple[str, ...] | None
 
 
 def index_pool(
@@ -123,6 +127,7 @@ def index_pool(
     for i, (numa, pf) in placement.items():
         groups[numa][pf].append(i)
     extra = additional_info or {}
+    every_group = [ids for by_pf in groups.values() for ids in by_pf.values()]
     return PoolIndex(
         resource_name=resource_name,
         devices=by_id,
@@ -132,6 +137,7 @@ def index_pool(
         info_members={i: _info_member(d, extra) for i, d in by_id.items()},
         groups={n: {pf: tuple(ids) for pf, ids in by_pf.items()} for n, by_pf in groups.items()},
         placement=placement,
+        sole_group=tuple(every_group[0]) if len(every_group) == 1 else None,
     )
 
 
@@ -247,7 +253,19 @@ def preferred_allocation(
     need = size - len(chosen)
     if need <= 0:
         return chosen
-    free = set(available).difference(chosen)
+    if pool.sole_group is not None and need == 1 and not chosen:
+        # One device from one group: the lowest id the kubelet named, if the pool has it; one
+        # pass over the ids without hashing any, the kubelet's usual question for a VF pool.
+        lowest = min(available, default=None)
+        if lowest is None or lowest in pool.devices:
+            return [] if lowest is None else [lowest]
+    free = set(available)
+    free.difference_update(chosen)
+    if pool.sole_group is not None:
+        # One NUMA node and one PF: every rule below comes down to the lowest free addresses,
+        # found by looking up the pool's ids in order until there are enough, instead of
+        # matching each of the (up to 1024) ids the kubelet named against the pool.
+        return chosen + list(islice(filter(free.__contains__, pool.sole_group), need))
     # The candidates, grouped by NUMA node and PF, each group in address order.
     by_numa: dict[str, dict[str, list[str]]] = {}
     for numa, by_pf in pool.groups.items():

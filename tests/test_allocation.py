@@ -235,6 +235,43 @@ def test_indexed_preference_matches_the_plain_rule(placement, data, size) -> Non
 
 
 @given(
+    count=st.integers(0, 40),
+    numa=st.sampled_from([None, 0, 1]),
+    data=st.data(),
+    size=st.integers(min_value=0, max_value=45),
+)
+def test_a_pool_of_one_group_prefers_as_the_plain_rule(count, numa, data, size) -> None:
+    """One PF on one NUMA node (the common VF pool) takes its own path: the same answers."""
+    pool = pool_of(*(vf(3, i, numa=numa) for i in range(count)))
+    assert (index(pool).sole_group is not None) == bool(pool)
+    ids = sorted(pool)
+    # Unknown ids sort above and below the pool's: "0000:00:00.0" comes first.
+    named = st.sampled_from([*ids, "bogus", "0000:00:00.0"])
+    available = data.draw(st.lists(named, max_size=50)) if ids else []
+    must = data.draw(st.lists(named, max_size=6)) if ids else []
+    got = preferred_from_index(index(pool), available, must, size)
+    assert got == reference_preferred(pool, available, must, size)
+
+
+def test_one_device_from_one_group_is_the_lowest_known_free_id() -> None:
+    pool = pool_of(*(vf(3, i) for i in range(4)))
+    ids = sorted(pool)
+    assert preferred_allocation(pool, [ids[2], ids[1], ids[3]], [], 1) == [ids[1]]
+    # The lowest id named is not the pool's (a device gone since): the lowest that is.
+    assert preferred_allocation(pool, [ids[3], "0000:00:00.0", ids[2]], [], 1) == [ids[2]]
+    assert preferred_allocation(pool, ["0000:00:00.0"], [], 1) == []
+    assert preferred_allocation(pool, [], [], 1) == []
+
+
+def test_only_a_pool_of_one_numa_node_and_one_pf_has_a_sole_group() -> None:
+    one = [vf(1, i, numa=0) for i in range(3)]
+    assert index(pool_of(*one)).sole_group == tuple(sorted(d.pci_address for d in one))
+    assert index(pool_of(*one, vf(2, 0, numa=0))).sole_group is None  # a second PF
+    assert index(pool_of(*one, vf(1, 5, numa=1))).sole_group is None  # a second NUMA node
+    assert index({}).sole_group is None
+
+
+@given(
     picks=st.lists(st.integers(0, 7), min_size=0, max_size=10),
     extra=st.dictionaries(
         st.sampled_from(["*", "0000:01:10.0", "0000:01:10.3"]),

@@ -175,6 +175,49 @@ def test_allocate_follows_every_device_change_even_one_the_kubelet_cannot_see(
     assert refused.value.args[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def preferred(server: PoolServer, available: list[str], must: list[str], size: int) -> list[str]:
+    request = api_pb2.PreferredAllocationRequest(
+        container_requests=[
+            api_pb2.ContainerPreferredAllocationRequest(
+                available_deviceIDs=available, must_include_deviceIDs=must, allocation_size=size
+            )
+        ]
+    )
+    response = asyncio.run(server.GetPreferredAllocation(request, Context()))  # type: ignore[arg-type]
+    return list(response.container_responses[0].deviceIDs)
+
+
+def vf(pf: int, index: int, numa: int) -> Device:
+    return Device(
+        f"0000:{pf:02x}:10.{index}",
+        "8086",
+        "154c",
+        driver="iavf",
+        numa_node=numa,
+        pf_address=f"0000:{pf:02x}:00.0",
+    )
+
+
+def test_preference_follows_the_pool_from_one_pf_to_two(tmpfs_path: Path) -> None:
+    """A pool of one PF on one NUMA node answers from its own path; a device change that adds
+    a PF on another node brings the NUMA and PF rules back."""
+    server = PoolServer(PoolSpec("example.com/a", ()), tmpfs_path, None)
+    pf1 = [vf(1, i, numa=0) for i in range(3)]
+    asyncio.run(server.update(pf1, {}))
+    ids1 = [d.pci_address for d in pf1]
+    assert preferred(server, ids1, [], 2) == ids1[:2]
+    pf2 = [vf(2, i, numa=1) for i in range(2)]
+    ids2 = [d.pci_address for d in pf2]
+    asyncio.run(server.update(pf1 + pf2, {}))
+    # Best fit: node 1 can take the whole request and is the smaller node.
+    assert preferred(server, ids1 + ids2, [], 2) == ids2
+    # A device of node 1 must be included: its company comes from node 1 too.
+    assert preferred(server, ids1 + ids2, [ids2[1]], 2) == [ids2[1], ids2[0]]
+    # Back to one PF: the lowest free addresses again.
+    asyncio.run(server.update(pf2, {}))
+    assert preferred(server, ids1 + ids2, [], 1) == ids2[:1]
+
+
 def test_a_nic_in_a_pod_at_the_last_scan_is_looked_at_again_when_allocated(
     tmpfs_path: Path,
 ) -> None:
