@@ -129,9 +129,9 @@ def admission_cpu_ms(pid: int, conn: PluginConnection, ids: list[str], count: in
 
 
 LIBRARIES = "asyncio, grpc, pydantic, pyroute2, structlog, prometheus_client"
-# What `netdp run` (metrics on) has loaded when it registers: the event sources,
-# and pyroute2 with them, open after that.
-BEFORE_REGISTER = "asyncio, grpc, pydantic, structlog, prometheus_client"
+# What `netdp run` has loaded when it registers: its side servers (prometheus_client
+# with the metrics) and the event sources (pyroute2) are loaded after that.
+BEFORE_REGISTER = "asyncio, grpc, pydantic, structlog"
 
 
 def interpreter_floor(imports: str, runs: int) -> tuple[float, int]:

@@ -18,12 +18,9 @@ from typing import TYPE_CHECKING
 from deviceplugin import __version__
 
 if TYPE_CHECKING:
-    from deviceplugin.cni.server import CniServer
     from deviceplugin.config import Config
     from deviceplugin.daemon import Settings
     from deviceplugin.diff import NodeState
-    from deviceplugin.http_endpoint import MetricsServer
-    from deviceplugin.metrics import Metrics
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -173,62 +170,41 @@ async def _serve(
 ) -> int:
     """The daemon plus its two side servers: metrics/probes and the CNI socket.
 
-    The metrics server starts first so liveness answers during a slow first
-    scan; both stop after the daemon has cleaned up its kubelet sockets. A
-    side server that is switched off is not imported at all: without metrics
-    no prometheus_client, without the CNI socket no CNI code.
+    Their sockets are opened before the daemon starts, so a side server that
+    cannot listen stops `run` before anything registers; their code is loaded
+    and answers once the pools are registered (`side_servers.py`). Both stop
+    after the daemon has cleaned up its kubelet sockets.
     """
     import asyncio
     import signal
 
     from deviceplugin.daemon import Daemon
-    from deviceplugin.observer import DaemonObserver
+    from deviceplugin.side_servers import SideServers
 
-    metrics: Metrics | None = None
-    if metrics_address is not None:
-        from deviceplugin.metrics import Metrics
-
-        metrics = Metrics()
-    observer = metrics or DaemonObserver()
-    cni: CniServer | None = None
-    if cni_socket is not None:
-        from deviceplugin.cni.server import CniServer
-
-        cni = CniServer(cni_socket, settings.sysfs_root, observer=observer)
-    # The CNI side puts back NICs that lost calls stranded, before each scan.
-    repair = cni.executor.repair if cni is not None else None
-    daemon = Daemon(config, settings, observer=observer, repair=repair)
+    side = SideServers(metrics_address, cni_socket, settings.sysfs_root)
+    daemon = Daemon(config, settings, observer=side.observer, repair=side.repair)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     run: asyncio.Task[None] | None = None
-    side: list[MetricsServer | CniServer] = []
-    try:
-        if metrics is not None and metrics_address is not None:
-            from deviceplugin.http_endpoint import MetricsServer, readiness
 
-            side.append(
-                MetricsServer(
-                    metrics,
-                    metrics_address,
-                    healthy=lambda: run is None or not run.done(),
-                    ready=lambda: readiness(daemon.registration_status()),
-                )
-            )
-        if cni is not None:
-            side.append(cni)
-        for server in side:
-            await server.start()
-        run = asyncio.create_task(daemon.run(stop), name="daemon")
+    async def start_side_servers() -> None:
+        await side.start(
+            healthy=lambda: run is None or not run.done(),
+            registered=daemon.registration_status,
+        )
+
+    try:
+        await side.listen()
+        run = asyncio.create_task(daemon.run(stop, start_side_servers), name="daemon")
         await run
     except OSError as exc:
         print(f"netdp: cannot serve: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     finally:
-        for server in reversed(side):
-            await server.stop()
+        await side.stop()
     return EXIT_OK
 
 

@@ -410,8 +410,15 @@ class Daemon:
         except OSError as exc:
             log.warning("config_watch_unavailable", config=str(path), error=str(exc))
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set, then clean up sockets and device-info files."""
+    async def run(
+        self, stop: asyncio.Event, after_register: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Serve until `stop` is set, then clean up sockets and device-info files.
+
+        `after_register` is awaited once every pool is served and has been offered
+        to the kubelet, before the event sources open and the first scan: what
+        registering does not need starts there.
+        """
         log.info(
             "daemon_starting",
             config=self.config.source,
@@ -428,10 +435,13 @@ class Daemon:
             # Serve and register first, then open the event sources and scan: a pool's
             # ListAndWatch holds back until its first update, so the kubelet never sees
             # a premature empty pool, and start-up to registered waits neither for the
-            # sources nor for sysfs. The sources are open before the first scan, so no
-            # change falls between the two.
+            # sources nor for sysfs, nor for what `after_register` loads. The sources
+            # are open before the first scan, so no change falls between the two.
             for spec in self.config.pools:
                 await self._start_server(spec)
+            await self._offered(registrar)
+            if after_register is not None:
+                await after_register()
             await self._open_sources()
             assert self.mode is not None
             if self.mode.rescan_interval_s is not None:
@@ -458,6 +468,17 @@ class Daemon:
             for coalescer in (self._hotplug, self._link_updates, self._config_updates):
                 await coalescer.aclose()
             await self.shutdown()
+
+    async def _offered(self, registrar: asyncio.Task[None]) -> None:
+        """Wait until the registrar has offered every pool to the kubelet (whatever the
+        answer, or no kubelet there to ask); raise what killed it if it died instead."""
+        attempted = asyncio.create_task(self.registrar.attempted())
+        try:
+            await asyncio.wait({attempted, registrar}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            attempted.cancel()
+        if registrar.done():
+            registrar.result()
 
     async def shutdown(self) -> None:
         servers = list(self.servers.values())

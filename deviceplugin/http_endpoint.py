@@ -26,6 +26,7 @@ import h11
 import structlog
 from prometheus_client.exposition import choose_encoder
 
+from deviceplugin.listener import Listener
 from deviceplugin.metrics import Metrics
 
 log = structlog.get_logger(__name__)
@@ -87,21 +88,20 @@ class MetricsServer:
         self.host, self._port = address
         self._healthy = healthy
         self._ready = ready
-        self._server: asyncio.Server | None = None
+        self._listener: Listener | None = None
         # Connection handlers and their writers, so `stop` can end them and wait for them.
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     @property
     def port(self) -> int:
-        """The bound port (the kernel's choice when asked for port 0)."""
-        if self._server is None:
-            return self._port
-        return self._server.sockets[0].getsockname()[1]
+        """The port listened on (the kernel's choice when asked for port 0)."""
+        return self._port if self._listener is None else self._listener.port
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, self.host or None, self._port, reuse_address=True
-        )
+    async def start(self, listener: Listener | None = None) -> None:
+        """Answer on `listener`, opened on the address earlier (`netdp run` opens it before
+        it registers), or on a socket opened now."""
+        self._listener = listener or await Listener.tcp(self.host, self._port)
+        self._listener.serve(self._serve)
         log.info("metrics_server_started", host=self.host or "*", port=self.port)
 
     async def stop(self) -> None:
@@ -110,15 +110,15 @@ class MetricsServer:
         Handlers end on their own once their socket closes; they are not
         cancelled, as asyncio 3.11 logs a cancelled handler as an error.
         """
-        if self._server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        self._server.close()
+        listener.server.close()
         for writer in self._connections.values():
             writer.close()
         if self._connections:
             await asyncio.wait(self._connections.keys(), timeout=STOP_TIMEOUT_S)
-        await self._server.wait_closed()
-        self._server = None
+        await listener.close()
         log.info("metrics_server_stopped")
 
     async def respond(self, request: Request) -> Response:

@@ -95,10 +95,21 @@ class Registrar:
         self._retry_at: dict[str, float] = {}
         self._last_kubelet: tuple[int, int] | None = None
         self._looked = False  # the first reconcile says whether a kubelet is there
+        self._passes = 0  # reconcile passes begun
+        self._passed = asyncio.Condition()  # notified as each pass ends
+        self._ended = 0  # the last pass that has ended
 
     def poke(self) -> None:
         """Ask for a reconcile soon (pools added, a socket restarted)."""
         self._wake.set()
+
+    async def attempted(self) -> None:
+        """Return once a reconcile pass begun after this call has ended: every pool then
+        serving has been offered to the kubelet (or found no kubelet to offer it to)."""
+        wanted = self._passes + 1
+        self.poke()
+        async with self._passed:
+            await self._passed.wait_for(lambda: self._ended >= wanted)
 
     async def run(self) -> None:
         """Reconcile on every directory event until cancelled."""
@@ -111,7 +122,11 @@ class Registrar:
             watcher = asyncio.create_task(self._pump(inotify))
             try:
                 while True:
+                    self._passes += 1
                     delay = await self.reconcile()
+                    async with self._passed:
+                        self._ended = self._passes
+                        self._passed.notify_all()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
                     self._wake.clear()

@@ -8,6 +8,7 @@ the daemon: either can be loaded, tested or replaced without the other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -67,3 +68,42 @@ class DaemonObserver:
 
         `device` is its PCI address, or "" when it is not known.
         """
+
+
+class DeferredObserver(DaemonObserver):
+    """Stands in for an observer that is built after the daemon has started.
+
+    It keeps every call in order until `attach`, which replays them to the
+    real observer and forwards every later call, so the real one ends up as
+    if it had heard everything from the start. `netdp run` builds its metrics
+    only once the pools are registered, as importing prometheus_client would
+    otherwise delay registering.
+    """
+
+    def __init__(self) -> None:
+        self._target: DaemonObserver | None = None
+        self._held: list[tuple[str, tuple[object, ...]]] = []
+
+    def attach(self, target: DaemonObserver) -> None:
+        """Replay what was held to `target`, then pass every call straight on."""
+        held, self._held = self._held, []
+        for name, args in held:
+            getattr(target, name)(*args)
+        self._target = target
+
+
+def _deferred(name: str) -> Callable[..., None]:
+    def hook(self: DeferredObserver, *args: object) -> None:
+        if self._target is None:
+            self._held.append((name, args))
+        else:
+            getattr(self._target, name)(*args)
+
+    hook.__name__, hook.__qualname__ = name, f"DeferredObserver.{name}"
+    return hook
+
+
+# Every hook, made from the protocol itself: one added later is deferred too, never
+# answered by the no-op default and so silently dropped.
+for _name in [n for n in vars(DaemonObserver) if not n.startswith("_")]:
+    setattr(DeferredObserver, _name, _deferred(_name))

@@ -41,7 +41,7 @@ from deviceplugin.api.constants import POD_RESOURCES_SOCKET
 from deviceplugin.cli import build_parser
 from deviceplugin.cli import main as netdp_main
 from deviceplugin.cni import wire
-from deviceplugin.cni.executor import DEFAULT_LOCK_DIR
+from deviceplugin.cni.settings import DEFAULT_LOCK_DIR
 from deviceplugin.cni.types import parse_request
 from deviceplugin.config import Config, default_config, parse_config
 

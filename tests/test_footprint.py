@@ -5,7 +5,8 @@ reads `sys.modules` as the command exits: `config check` needs neither gRPC
 nor netlink nor metrics, `list` no gRPC and no metrics, `run` without
 metrics no prometheus_client and without the CNI socket no CNI code.
 Importing the daemon leaves pyroute2 and libudev to the moment its event
-sources open, which comes after the pools are served.
+sources open, which comes after the pools are served, and `run` loads its
+side servers (metrics, CNI) only after registering.
 """
 
 from __future__ import annotations
@@ -98,19 +99,32 @@ def test_run_without_metrics_and_cni_loads_neither(tmpfs_path: Path) -> None:
     assert loaded(record, ["prometheus_client", "h11", "deviceplugin.metrics", *CNI_CODE]) == []
 
 
-def test_daemon_and_cni_server_import_without_event_sources_or_netlink() -> None:
-    probe = (
-        "import json, sys\n"
-        "import deviceplugin.cli, deviceplugin.daemon, deviceplugin.cni.server\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
+def modules_after_importing(*names: str) -> set[str]:
+    """Every module loaded once a fresh interpreter has imported `names`."""
+    probe = f"import json, sys\nimport {', '.join(names)}\nprint(json.dumps(sorted(sys.modules)))\n"
     proc = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=ENV, check=True
     )
-    modules = set(json.loads(proc.stdout))
+    return set(json.loads(proc.stdout))
+
+
+def test_daemon_and_cni_server_import_without_event_sources_or_netlink() -> None:
+    modules = modules_after_importing(
+        "deviceplugin.cli", "deviceplugin.daemon", "deviceplugin.cni.server"
+    )
     late = ["pyroute2", "pyudev", "prometheus_client", "h11", "yaml"]
     late += ["deviceplugin.watch.links", "deviceplugin.cni.netlink", "deviceplugin.cni.rtnetlink"]
     assert sorted(n for n in late if n in modules) == []
+
+
+def test_what_run_imports_to_register_leaves_out_the_side_servers() -> None:
+    """`netdp run` opens its side servers' sockets before registering and loads their
+    code after (side_servers.py): the modules it needs up to then do not pull it in."""
+    modules = modules_after_importing(
+        "deviceplugin.cli", "deviceplugin.daemon", "deviceplugin.side_servers"
+    )
+    late = ["prometheus_client", "h11", "deviceplugin.metrics", "deviceplugin.http_endpoint"]
+    assert sorted(n for n in [*late, *CNI_CODE] if n in modules) == []
 
 
 # Each late entry point into pyroute2, as the daemon's worker threads reach them at start:

@@ -25,10 +25,10 @@ from typing import Any
 
 import structlog
 
-from deviceplugin.api.constants import POD_RESOURCES_SOCKET
 from deviceplugin.cni import add, check, delete, repair
 from deviceplugin.cni.ipam import PluginIpam
 from deviceplugin.cni.ports import DeviceResolver, Ipam, Namespaces, Netns, Ports
+from deviceplugin.cni.settings import Settings
 from deviceplugin.cni.sysfs_devices import SysfsDevices
 from deviceplugin.cni.types import (
     ERR_INTERNAL,
@@ -41,8 +41,6 @@ from deviceplugin.cni.types import (
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_LOCK_DIR = Path("/run/netdp/cni-locks")
-
 # (socket, namespace, pod name, resource) -> device ids the kubelet allocated.
 PodDevicesLookup = Callable[[Path, str, str, str], list[str]]
 
@@ -53,13 +51,6 @@ _COMMANDS = {
     "STATUS": check.status,
     "GC": delete.gc,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    sysfs_root: Path = Path("/sys")
-    lock_dir: Path = DEFAULT_LOCK_DIR
-    pod_resources_socket: Path = POD_RESOURCES_SOCKET
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +161,3 @@ class Executor:
             yield
         finally:
             os.close(fd)
-
-
-def settings_from_env(environ: Mapping[str, str]) -> Settings:
-    """What `netdp run` reads from the environment only: the lock directory and the
-    kubelet's PodResources socket (tests point both elsewhere)."""
-    return Settings(
-        lock_dir=Path(environ.get("NETDP_CNI_LOCK_DIR") or DEFAULT_LOCK_DIR),
-        pod_resources_socket=Path(
-            environ.get("NETDP_POD_RESOURCES_SOCKET") or POD_RESOURCES_SOCKET
-        ),
-    )

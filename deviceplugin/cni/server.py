@@ -8,7 +8,7 @@ executor's per-device lock, so concurrent calls for different devices run in
 parallel and two ADDs for one device cannot interleave.
 
 Whoever can connect can move the node's NICs, so the socket is root's alone:
-mode 0600, in a directory only its owner may enter (`secure_socket_dir`).
+mode 0600, in a directory only its owner may enter (`listen.py`).
 """
 
 from __future__ import annotations
@@ -17,55 +17,24 @@ import asyncio
 import contextlib
 import json
 import os
-import stat
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 
 from deviceplugin.cni import wire
 from deviceplugin.cni.call_labels import call_labels
-from deviceplugin.cni.executor import Executor, Settings, settings_from_env
+from deviceplugin.cni.executor import Executor
+from deviceplugin.cni.listen import listen
+from deviceplugin.cni.settings import Settings, settings_from_env
 from deviceplugin.cni.types import ERR_DECODE, CniError
+from deviceplugin.listener import Listener
 from deviceplugin.observer import DaemonObserver
 
 log = structlog.get_logger(__name__)
 
 READ_TIMEOUT_S = 30.0
-SOCKET_MODE = 0o600
-DIR_MODE = 0o700
-
-
-def secure_socket_dir(directory: Path, netdp_files: Collection[str]) -> None:
-    """Make `directory` (created if missing) enterable by its owner only, which must be us.
-
-    A directory already closed to others is fine. One open to others is
-    tightened to 0700 only when it is ours and holds nothing but netdp's own
-    `netdp_files` (a hostPath volume arrives empty and 0755); anything else
-    (another owner, the sticky bit of /tmp, other files as in /run) is a
-    shared directory, which netdp will neither use nor lock others out of.
-    `OSError` names the directory and the problem.
-    """
-    directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    info = directory.stat()
-    mode = stat.S_IMODE(info.st_mode)
-    if info.st_uid != os.geteuid():
-        raise PermissionError(
-            f"CNI socket directory {directory} belongs to uid {info.st_uid}, not to netdp "
-            f"(uid {os.geteuid()}): give the socket a directory of its own"
-        )
-    if not mode & 0o077:
-        return
-    others = sorted(set(os.listdir(directory)) - set(netdp_files))
-    if info.st_mode & stat.S_ISVTX or others:
-        what = "has the sticky bit" if info.st_mode & stat.S_ISVTX else f"holds {others[:3]}"
-        raise PermissionError(
-            f"CNI socket directory {directory} is shared ({what}, mode {mode:o}) and netdp "
-            "makes its socket's directory root-only: give the socket a directory of its own"
-        )
-    os.chmod(directory, DIR_MODE)
-    log.info("cni_socket_dir_tightened", directory=str(directory), mode=f"{mode:o}")
 
 
 class CniServer:
@@ -98,24 +67,20 @@ class CniServer:
                 ),
             )
         )
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
 
-    async def start(self) -> None:
-        directory, lock_dir = self.socket_path.parent, self.executor.settings.lock_dir
-        own = {self.socket_path.name} | ({lock_dir.name} if lock_dir.parent == directory else set())
-        secure_socket_dir(directory, own)
-        # A socket file left by a dead daemon would make bind fail.
-        self.socket_path.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
-        os.chmod(self.socket_path, SOCKET_MODE)
+    async def start(self, listener: Listener | None = None) -> None:
+        """Answer on `listener`, opened by `listen.listen` earlier (`netdp run` opens it
+        before it registers), or on one opened now."""
+        self._listener = listener or await listen(self.socket_path, self.executor.settings.lock_dir)
+        self._listener.serve(self._serve)
         log.info("cni_server_started", socket=str(self.socket_path))
 
     async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        server.close()
-        await server.wait_closed()
+        await listener.close()
         self.socket_path.unlink(missing_ok=True)
         log.info("cni_server_stopped", socket=str(self.socket_path))
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from helpers import cni_socket_call
 
-from deviceplugin.cni import server as server_module
+from deviceplugin.cni import listen as listen_module
 from deviceplugin.cni import wire
-from deviceplugin.cni.server import CniServer, secure_socket_dir
+from deviceplugin.cni.listen import secure_socket_dir
+from deviceplugin.cni.server import CniServer
 from deviceplugin.cni.types import version_result
 from deviceplugin.observer import DaemonObserver
 
@@ -112,7 +113,7 @@ def test_shared_or_foreign_directory_is_refused(
 
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o755)
-    monkeypatch.setattr(server_module.os, "geteuid", lambda: os.getuid() + 4242)
+    monkeypatch.setattr(listen_module.os, "geteuid", lambda: os.getuid() + 4242)
     with pytest.raises(PermissionError, match="belongs to uid"):
         secure_socket_dir(foreign, {"cni.sock"})
 

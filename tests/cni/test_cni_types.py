@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from world import POD, World
 
-from deviceplugin.cni.executor import Executor, Settings
+from deviceplugin.cni.executor import Executor
 from deviceplugin.cni.origin import Origin, parse_alias
+from deviceplugin.cni.settings import Settings
 from deviceplugin.cni.types import (
     COMMANDS,
     ERR_DEVICE_NOT_FOUND,

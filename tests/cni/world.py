@@ -9,7 +9,8 @@ from typing import Any
 
 from fakenet import FakeIpam, FakeKernel, FakeLink, FakeNode
 
-from deviceplugin.cni.executor import Executor, Settings
+from deviceplugin.cni.executor import Executor
+from deviceplugin.cni.settings import Settings
 
 POD = "/run/netns/pod"
 
