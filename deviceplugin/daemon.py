@@ -44,6 +44,9 @@ from deviceplugin.server import PoolServer
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_GRACE_S = 0.5
+# How long start-up waits for the pools' first Register calls before it loads the side
+# servers and scans anyway; Register takes milliseconds from a kubelet that is well.
+OFFER_WAIT_S = 1.0
 DEFAULT_RESCAN_INTERVAL_S = 30.0
 
 # Puts back stranded NICs, blocking; returns (PCI address or "", host name) of each.
@@ -471,14 +474,23 @@ class Daemon:
 
     async def _offered(self, registrar: asyncio.Task[None]) -> None:
         """Wait until the registrar has offered every pool to the kubelet (whatever the
-        answer, or no kubelet there to ask); raise what killed it if it died instead."""
+        answer, or no kubelet there to ask); raise what killed it if it died instead.
+
+        At most `OFFER_WAIT_S`: a kubelet that takes Register calls and never answers
+        must not hold back the probes, the CNI socket and the first scan (each Register
+        may wait its full timeout, per pool); the registrar goes on on its own.
+        """
         attempted = asyncio.create_task(self.registrar.attempted())
         try:
-            await asyncio.wait({attempted, registrar}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {attempted, registrar}, timeout=OFFER_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             attempted.cancel()
         if registrar.done():
             registrar.result()
+        elif not done:
+            log.warning("kubelet_slow_to_answer", waited_s=OFFER_WAIT_S)
 
     async def shutdown(self) -> None:
         servers = list(self.servers.values())

@@ -13,6 +13,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -243,3 +244,35 @@ def test_side_servers_stop_cleanly_when_the_daemon_fails_before_serving(
     assert result.returncode == 1, result.stderr
     assert result.stderr.splitlines()[-1].startswith("netdp: cannot serve: [Errno 20]")
     assert not sock.exists()
+
+
+def test_a_kubelet_that_never_answers_register_holds_back_neither_probes_nor_scan(
+    node: Node, daemons: list[DaemonProcess]
+) -> None:
+    """Register taken but unanswered: after `OFFER_WAIT_S` the side servers and the first
+    scan go ahead (liveness must not fail on a hung kubelet); registering goes on."""
+    virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
+    answer = threading.Event()
+
+    def hang(request: object) -> None:
+        answer.wait(60)
+        return None
+
+    with KubeletStandIn(node.plugins, reject=hang) as kubelet:
+        try:
+            d = start_daemon(daemons, node)
+            port = d.wait_event("metrics_server_started", timeout=30)["port"]
+            assert urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+            d.wait_event("registration_failed", timeout=30)  # DEADLINE_EXCEEDED, after 5 s
+        finally:
+            answer.set()
+        order = [e["event"] for e in d.events]
+        assert (
+            order.index("kubelet_slow_to_answer")
+            < order.index("metrics_server_started")
+            < order.index("discovery_done")
+            < order.index("registration_failed")
+        ), order
+        assert "registered" not in order
+        conn = kubelet.wait_registered(VIRT, timeout=30)
+        conn.wait_snapshot(lambda s: len(s.devices) == 3)
