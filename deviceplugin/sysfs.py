@@ -125,13 +125,8 @@ def _read_netdev(dev: Dir, net_dir: str, name: str, warnings: list[str]) -> NetD
     return netdev
 
 
-_NET_ONLY = ("net",)
-
-
-def _net_dirs(entries: Sequence[str]) -> Sequence[str]:
+def _net_dirs(entries: Iterable[str]) -> list[str]:
     """`net` and every `virtioN/net` the device directory may hold."""
-    if not entries:  # a VF: its directory was not listed
-        return _NET_ONLY
     return ["net", *(f"{n}/net" for n in entries if is_virtio_child(n))]
 
 
@@ -148,24 +143,20 @@ def _netdev_listings(
 
 
 def _read_netdevs(
+    dev: Dir, homes: Iterable[tuple[str, str]], net_dir_seen: bool, warnings: list[str]
+) -> tuple[tuple[NetDev, ...], NetdevState]:
+    """The netdevs at `homes` ((net dir, name) pairs), and what they say of the state."""
+    netdevs = [nd for net_dir, name in homes if (nd := _read_netdev(dev, net_dir, name, warnings))]
+    return tuple(netdevs), netdev_state(netdevs, net_dir_seen)
+
+
+def _listed_netdevs(
     dev: Dir, net_dirs: Iterable[str], warnings: list[str]
 ) -> tuple[tuple[NetDev, ...], NetdevState]:
-    netdevs: list[NetDev] = []
+    """The netdevs found by listing `net_dirs`, for a function `class/net` placed none under."""
     listings = _netdev_listings(dev, net_dirs, warnings)
-    for net_dir, names in listings:
-        for name in names:
-            netdev = _read_netdev(dev, net_dir, name, warnings)
-            if netdev is not None:
-                netdevs.append(netdev)
-    return tuple(netdevs), netdev_state(netdevs, bool(listings))
-
-
-def _read_homed_netdevs(
-    dev: Dir, homes: Sequence[tuple[str, str]], warnings: list[str]
-) -> tuple[tuple[NetDev, ...], NetdevState]:
-    """The netdevs `class/net` placed under this function; their net dir existed when listed."""
-    netdevs = [nd for net_dir, name in homes if (nd := _read_netdev(dev, net_dir, name, warnings))]
-    return tuple(netdevs), netdev_state(netdevs, True)
+    homes = [(net_dir, name) for net_dir, names in listings for name in names]
+    return _read_netdevs(dev, homes, bool(listings), warnings)
 
 
 def _netdev_homes(sysfs_root: Path) -> dict[str, list[tuple[str, str]]]:
@@ -312,12 +303,12 @@ def _probe_dir(
             fields["num_vfs"] = read_optional(fd, "sriov_numvfs", parse_int, w, 0)
             probe.virtfns = _read_virtfns(dev, entries, w)
             fields["vf_addresses"] = tuple(sorted(probe.virtfns, key=probe.virtfns.__getitem__))
-    if homes:
-        fields["netdevs"], fields["netdev_state"] = _read_homed_netdevs(dev, homes, w)
+    if homes:  # their net dirs existed when `class/net` was listed
+        fields["netdevs"], fields["netdev_state"] = _read_netdevs(dev, homes, True, w)
         return probe
     if vendor == VIRTIO_VENDOR and not entries:
         entries = list_dir(dev.path, w, "device directory") or []
-    fields["netdevs"], fields["netdev_state"] = _read_netdevs(dev, _net_dirs(entries), w)
+    fields["netdevs"], fields["netdev_state"] = _listed_netdevs(dev, _net_dirs(entries), w)
     return probe
 
 
