@@ -254,9 +254,13 @@ def test_a_kubelet_that_never_answers_register_holds_back_neither_probes_nor_sca
     virtio_lab(node.sysfs, 2, primary_netdev="ndpuplink")
     answer = threading.Event()
 
-    def hang(request: object) -> None:
+    def hang(request: object) -> str | None:
+        """Hold every call until released, then refuse those held (the daemon has given
+        them up): only a call made after the release registers, and dials the pool."""
+        if answer.is_set():
+            return None
         answer.wait(60)
-        return None
+        return "held until the test released it"
 
     with KubeletStandIn(node.plugins, reject=hang) as kubelet:
         try:
